@@ -1,0 +1,62 @@
+"""Parameter and FLOP accounting as the paper reports it.
+
+Counts run on the ``meta`` device, so ViT-L/14 at 32 frames costs neither memory nor time. GFLOPs
+are multiply-accumulates (the convention of fvcore and of the paper's tables), i.e. half of what
+torch's flop counter reports; only matmuls, convolutions and attention are counted, as there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import Config, ModelConfig
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    total_params: int
+    tunable_params: int
+    gflops_per_view: float
+    views: int
+
+    @property
+    def gflops_all_views(self) -> float:
+        return self.gflops_per_view * self.views
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "gflops_all_views": self.gflops_all_views}
+
+    def summary(self) -> str:
+        return (f"total params   {self.total_params / 1e6:8.2f} M\n"
+                f"tunable params {self.tunable_params / 1e6:8.2f} M "
+                f"({100 * self.tunable_params / self.total_params:.1f}%)\n"
+                f"GFLOPs / view  {self.gflops_per_view:8.1f}\n"
+                f"GFLOPs x {self.views:<2d}    {self.gflops_all_views:8.1f} (test views)")
+
+
+def gmacs_per_view(model: torch.nn.Module, cfg: ModelConfig) -> float:
+    """Multiply-accumulates, in billions, of one ``(1, 3, T, H, W)`` view through ``model``."""
+    device = next(model.parameters()).device
+    clip = torch.empty(1, 3, cfg.num_frames, cfg.image_size, cfg.image_size, device=device)
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(clip)
+    model.train(was_training)
+    return counter.get_total_flops() / 2e9
+
+
+def model_cost(cfg: Config | ModelConfig, views: int | None = None) -> ModelCost:
+    """Counts for a config without loading any weights."""
+    from .backbones import build_model
+
+    model_cfg = cfg.model if isinstance(cfg, Config) else cfg
+    if views is None:
+        views = cfg.data.test_clips * cfg.data.test_crops if isinstance(cfg, Config) else 1
+    model = build_model(model_cfg, device="meta")
+    total = sum(p.numel() for p in model.parameters())
+    tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return ModelCost(total, tunable, gmacs_per_view(model, model_cfg), views)

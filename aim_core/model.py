@@ -1,0 +1,154 @@
+"""The video classifier over a frozen image ViT, in the variants of the paper's Table 1."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import torch
+import torch.utils.checkpoint
+from einops import rearrange
+from torch import nn
+
+from .blocks import AIMBlock, BlockAdapters, DividedSpaceTimeBlock
+from .config import ModelConfig, parse_placement
+from .vit import PatchEmbed, ViTSpec
+
+log = logging.getLogger(__name__)
+
+# Parameter-name fragments that train in the AIM recipe (adapters, temporal embedding, final norm,
+# head); everything else is the frozen image model.
+_AIM_TUNABLE = ("adapter", "temporal_embedding", "ln_post", "head.")
+
+
+class VideoClassifier(nn.Module):
+    """``(B, C, T, H, W)`` clips to ``(B, classes)`` logits.
+
+    Frames are embedded independently (patches + positions), a temporal embedding marks each frame's
+    place in time when the variant models time, the blocks run, and each frame's CLS token goes
+    through the final norm; the per-frame features are averaged over time and classified.
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: ViTSpec) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spec = spec
+        self.num_frames = cfg.num_frames
+        self.grad_checkpointing = cfg.grad_checkpointing
+        d = spec.width
+        self.adapted_blocks = _adapted_blocks(cfg, spec)
+        self.models_time = cfg.variant == "timesformer" or (
+            cfg.variant == "aim" and "temporal" in cfg.adapter.adaptations)
+
+        self.patch_embed = PatchEmbed(spec, cfg.image_size)
+        self.temporal_embedding = (nn.Parameter(torch.zeros(1, cfg.num_frames, d))
+                                   if self.models_time else None)
+        self.ln_pre = nn.LayerNorm(d, eps=spec.ln_eps) if spec.pre_norm else nn.Identity()
+        rates = [cfg.drop_path * i / max(spec.layers - 1, 1) for i in range(spec.layers)]
+        self.blocks = nn.ModuleList(self._make_block(i, rate) for i, rate in enumerate(rates))
+        self.ln_post = nn.LayerNorm(d, eps=spec.ln_eps)
+        self.head_drop = nn.Dropout(cfg.head_dropout)
+        self.head = nn.Linear(d, cfg.num_classes)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+        self.set_trainable()
+
+    def _make_block(self, index: int, drop_path: float) -> nn.Module:
+        cfg = self.cfg
+        if cfg.variant == "timesformer":
+            return DividedSpaceTimeBlock(self.spec, drop_path)
+        adapters = BlockAdapters()
+        if cfg.variant == "aim" and index in self.adapted_blocks:
+            on = set(cfg.adapter.adaptations)
+            adapters = BlockAdapters(spatial="spatial" in on, temporal="temporal" in on,
+                                     joint="joint" in on,
+                                     temporal_in=cfg.adapter.temporal_adapters == 2,
+                                     ratio=cfg.adapter.ratio, scale=cfg.adapter.scale)
+        full = cfg.variant == "finetuned_space_only"
+        return AIMBlock(self.spec, adapters, drop_path if (adapters.any or full) else 0.0,
+                        full_finetune=full)
+
+    # ------------------------------------------------------------------ what trains
+    def is_tunable(self, name: str) -> bool:
+        variant = self.cfg.variant
+        if variant in ("finetuned_space_only", "timesformer"):
+            return True
+        if variant == "frozen_space_only":
+            return name.startswith("head.")
+        if name == "temporal_embedding":
+            return self.cfg.train_temporal_embedding
+        return any(key in name for key in _AIM_TUNABLE)
+
+    def set_trainable(self) -> None:
+        for name, param in self.named_parameters():
+            param.requires_grad_(self.is_tunable(name))
+
+    def tunable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the weights that train: what a checkpoint needs besides the backbone's identity."""
+        return {k: v for k, v in self.state_dict().items() if self.is_tunable(k)}
+
+    def tunable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def no_weight_decay(self) -> set[str]:
+        """Embeddings, norms and biases are excluded from weight decay, as in the recipe."""
+        return {name for name, p in self.named_parameters()
+                if p.ndim <= 1 or "embedding" in name}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    # ------------------------------------------------------------------ forward
+    def _first_block_needing_grad(self) -> int:
+        """Blocks below this index carry no gradient and can run without autograd."""
+        if any(p.requires_grad for p in self.patch_embed.parameters()) or (
+                self.temporal_embedding is not None and self.temporal_embedding.requires_grad) or (
+                any(p.requires_grad for p in self.ln_pre.parameters())):
+            return 0
+        for i, block in enumerate(self.blocks):
+            if any(p.requires_grad for p in block.parameters()):
+                return i
+        return len(self.blocks)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W)`` to per-frame CLS features after the final norm, ``(B, T, D)``."""
+        b, _, t, _, _ = x.shape
+        if t != self.num_frames and self.temporal_embedding is not None:
+            raise ValueError(f"model was built for {self.num_frames} frames, got {t}")
+        grad = torch.is_grad_enabled()
+        frozen_until = self._first_block_needing_grad() if grad else 0
+        with torch.set_grad_enabled(grad and frozen_until == 0):
+            x = self.patch_embed(rearrange(x, "b c t h w -> (b t) c h w"))
+            if self.temporal_embedding is not None:
+                n = x.shape[1]
+                x = rearrange(x, "(b t) n d -> (b n) t d", t=t) + self.temporal_embedding.to(x.dtype)
+                x = rearrange(x, "(b n) t d -> (b t) n d", n=n)
+            x = self.ln_pre(x)
+        for i, block in enumerate(self.blocks):
+            with torch.set_grad_enabled(grad and i >= frozen_until):
+                if self.grad_checkpointing and grad and i >= frozen_until and self.training:
+                    x = torch.utils.checkpoint.checkpoint(block, x, t, use_reentrant=False)
+                else:
+                    x = block(x, t)
+        cls = self.ln_post(x[:, 0])
+        return rearrange(cls, "(b t) d -> b t d", b=b)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = features.mean(dim=1)
+        return pooled if pre_logits else self.head(self.head_drop(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _adapted_blocks(cfg: ModelConfig, spec: ViTSpec) -> set[int]:
+    if cfg.variant != "aim" or not cfg.adapter.adaptations:
+        return set()
+    return set(parse_placement(cfg.adapter.placement, spec.layers))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, tunable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, tunable

@@ -1,0 +1,116 @@
+"""The frozen image ViT's parts, in one parameter layout for every weight source.
+
+open_clip, timm and the released AIM checkpoints name the same tensors differently; converting them
+all into this layout (see :mod:`aim_core.backbones`) lets one block implementation, fused attention
+and one FLOP count serve every backbone. Names follow CLIP (``conv1``, ``ln_1``, ``mlp.c_fc``) so
+the official checkpoints map onto it almost one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """Geometry and numerics of a plain ViT (CLS token, learned absolute positions)."""
+
+    width: int
+    layers: int
+    heads: int
+    patch_size: int
+    image_size: int            # resolution the positional embedding was trained at
+    mlp_ratio: float = 4.0
+    act: Literal["gelu", "quick_gelu"] = "gelu"
+    ln_eps: float = 1e-5
+    patch_bias: bool = False   # CLIP's conv1 has no bias, timm's patch_embed.proj has one
+    pre_norm: bool = True      # CLIP's ln_pre; most timm ViTs have none
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def mlp_width(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the activation OpenAI's CLIP was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over ``(batch, tokens, dim)`` with fused SDPA.
+
+    Parameters are stored as ``nn.MultiheadAttention`` stores them (``in_proj_weight``,
+    ``in_proj_bias``, ``out_proj``), so CLIP and AIM checkpoints load without reshaping. AIM calls
+    the same module on two axes: over the tokens of a frame (spatial) and over the frames at one
+    token position (temporal).
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, d = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self._qkv(x)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
+    @torch.no_grad()
+    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention weights ``(batch, heads, tokens, tokens)``, for visualisation only."""
+        q, k, _ = self._qkv(x)
+        scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5)
+        return scores.softmax(dim=-1)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(dim, hidden)
+        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU()
+        self.c_proj = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Frames ``(N, C, H, W)`` to tokens ``(N, 1 + patches, D)`` with CLS and positions added."""
+
+    def __init__(self, spec: ViTSpec, image_size: int) -> None:
+        super().__init__()
+        self.patch_size = spec.patch_size
+        self.conv1 = nn.Conv2d(3, spec.width, spec.patch_size, spec.patch_size, bias=spec.patch_bias)
+        grid = image_size // spec.patch_size
+        scale = spec.width ** -0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(spec.width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, spec.width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        return torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)

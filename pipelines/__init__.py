@@ -1,0 +1,1 @@
+"""Ray Data / Train / Tune and MLflow orchestration around :mod:`aim_core`, and the CLI."""

@@ -1,0 +1,87 @@
+"""Configs load from YAML, take overrides, and reject bad values by naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from aim_core.config import Config, ConfigError, parse_placement
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides_build_typed_sections(tmp_path):
+    path = write(tmp_path, "model:\n  num_classes: 174\n  adapter:\n    ratio: 0.125\n")
+    cfg = Config.load(path, ["optim.lr=1e-3", "model.adapter.placement=top:6",
+                             "model.adapter.adaptations=[spatial, temporal]"])
+    assert cfg.model.num_classes == 174
+    assert cfg.model.adapter.ratio == 0.125
+    assert cfg.optim.lr == pytest.approx(1e-3)
+    assert cfg.model.adapter.placement == "top:6"
+    assert cfg.model.adapter.adaptations == ["spatial", "temporal"]
+
+
+def test_round_trip_through_dict():
+    cfg = Config.from_dict({"model": {"variant": "timesformer"}})
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("data,field,allowed", [
+    ({"model": {"variant": "giant"}}, "model.variant", "aim"),
+    ({"model": {"adapter": {"ratio": 0}}}, "model.adapter.ratio", "(0, 4]"),
+    ({"model": {"adapter": {"placement": "middle:3"}}}, "model.adapter.placement", "top:K"),
+    ({"model": {"adapter": {"adaptations": ["spatial", "motion"]}}}, "model.adapter.adaptations",
+     "spatial"),
+    ({"model": {"adapter": {"temporal_adapters": 3}}}, "model.adapter.temporal_adapters", "1 or 2"),
+    ({"model": {"backbone": {"source": "hub"}}}, "model.backbone.source", "open_clip"),
+    ({"model": {"num_frames": "eight"}}, "model.num_frames", "integer"),
+    ({"data": {"test_crops": 2}}, "data.test_crops", "1 or 3"),
+    ({"data": {"sampler": "random"}}, "data.sampler", "dense"),
+    ({"optim": {"lr": -1}}, "optim.lr", "positive"),
+    ({"optim": {"warmup_epochs": 40, "epochs": 30}}, "optim.warmup_epochs", "[0, epochs=30)"),
+    ({"model": {"drop_pth": 0.1}}, "model.drop_pth", "drop_path"),
+    ({"modle": {}}, "modle", "model"),
+])
+def test_bad_values_name_the_field_and_what_is_allowed(data, field, allowed):
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict(data)
+    assert field in str(err.value)
+    assert allowed in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        Config.load(tmp_path / "nope.yaml")
+
+
+def test_malformed_override_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        Config.load(write(tmp_path, "{}"), ["optim.lr"])
+
+
+@pytest.mark.parametrize("placement,blocks", [
+    ("all", list(range(12))),
+    ("top:6", [6, 7, 8, 9, 10, 11]),
+    ("bottom:6", [0, 1, 2, 3, 4, 5]),
+    ("every:2", [1, 3, 5, 7, 9, 11]),
+    ([0, 11, 11], [0, 11]),
+])
+def test_placement_resolves_to_block_indices(placement, blocks):
+    assert parse_placement(placement, 12) == blocks
+
+
+def test_placement_beyond_the_backbone_is_an_error():
+    with pytest.raises(ConfigError, match="13 blocks of 12"):
+        parse_placement("top:13", 12)
+    with pytest.raises(ConfigError, match=r"\[12\] out of range"):
+        parse_placement([12], 12)
+
+
+def test_base_files_are_merged_section_by_section(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  num_classes: 400\n  num_frames: 8\noptim:\n  epochs: 30\n")
+    child = write(tmp_path, "_base_: base.yaml\nmodel:\n  num_frames: 16\n")
+    cfg = Config.load(child)
+    assert (cfg.model.num_classes, cfg.model.num_frames, cfg.optim.epochs) == (400, 16, 30)

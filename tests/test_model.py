@@ -1,0 +1,216 @@
+"""The AIM model behaves as the paper specifies it."""
+
+from __future__ import annotations
+
+import copy
+
+import open_clip.model
+import pytest
+import timm
+import torch
+
+from aim_core.backbones import build_model
+from aim_core.config import AdapterConfig, BackboneConfig, ModelConfig
+from aim_core.official import load_official_checkpoint
+
+from .official_reference import OfficialAIM
+
+FRAMES = 4
+
+
+def tiny_cfg(variant: str = "aim", weights: str | None = None, **adapter) -> ModelConfig:
+    return ModelConfig(
+        variant=variant,
+        backbone=BackboneConfig(source="tiny", name="tiny", pretrained=weights, width=64, layers=3,
+                                heads=4, patch_size=8, act="quick_gelu"),
+        adapter=AdapterConfig(**adapter),
+        num_classes=5, num_frames=FRAMES, image_size=32, drop_path=0.0, head_dropout=0.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def clip_tower(tmp_path_factory):
+    """A real open_clip vision tower (random weights), saved as an open_clip-style weights file."""
+    torch.manual_seed(0)
+    tower = open_clip.model.VisionTransformer(
+        image_size=32, patch_size=8, width=64, layers=3, heads=4, mlp_ratio=4.0, output_dim=32,
+        act_layer=open_clip.model.QuickGELU).eval()
+    path = tmp_path_factory.mktemp("weights") / "tiny_clip.pt"
+    torch.save({"state_dict": {f"visual.{k}": v for k, v in tower.state_dict().items()}}, path)
+    tower.proj = None  # its output is then ln_post(CLS): the per-frame image feature
+    return tower, str(path)
+
+
+def clips(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, FRAMES, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def perturb_adapters(model: torch.nn.Module, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adapter" in name or name == "temporal_embedding":
+                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def test_aim_at_initialisation_is_the_frozen_image_model_averaged_over_frames(clip_tower):
+    tower, path = clip_tower
+    model = build_model(tiny_cfg(weights=path)).eval()
+    x = clips()
+    with torch.no_grad():
+        per_frame = torch.stack([tower(x[:, :, t]) for t in range(FRAMES)], dim=1)
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(features, per_frame.mean(dim=1), atol=1e-5, rtol=1e-5)
+
+
+def test_timm_weights_load_and_match_timm_features(tmp_path):
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=0).eval()
+    path = tmp_path / "vit_tiny.pth"
+    torch.save(reference.state_dict(), path)
+    cfg = ModelConfig(backbone=BackboneConfig(source="timm", name="vit_tiny_patch16_224",
+                                              pretrained=str(path)),
+                      num_classes=3, num_frames=FRAMES, image_size=32, drop_path=0.0)
+    model = build_model(cfg).eval()
+    x = clips()
+    with torch.no_grad():
+        per_frame = torch.stack([reference.forward_features(x[:, :, t])[:, 0]
+                                 for t in range(FRAMES)], dim=1)
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(features, per_frame.mean(dim=1), atol=1e-4, rtol=1e-4)
+    assert model.backbone_identity.sha256 and not model.backbone_identity.random_init
+
+
+def test_reversing_frames_changes_aim_but_not_space_only():
+    x = clips()
+    reversed_x = x.flip(dims=[2])
+    aim = build_model(tiny_cfg()).eval()
+    perturb_adapters(aim)
+    space_only = build_model(tiny_cfg("finetuned_space_only")).eval()
+    spatial_only = build_model(tiny_cfg(adaptations=["spatial", "joint"])).eval()
+    perturb_adapters(spatial_only)
+    with torch.no_grad():
+        assert not torch.allclose(aim(x), aim(reversed_x), atol=1e-4)
+        torch.testing.assert_close(space_only(x), space_only(reversed_x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(spatial_only(x), spatial_only(reversed_x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant,adaptations,expect_frozen_backbone", [
+    ("aim", ["spatial", "temporal", "joint"], True),
+    ("aim", ["spatial"], True),
+    ("frozen_space_only", [], True),
+    ("timesformer", [], False),
+])
+def test_only_tunable_tensors_get_gradients_and_frozen_ones_never_change(
+        variant, adaptations, expect_frozen_backbone):
+    model = build_model(tiny_cfg(variant, adaptations=adaptations or ["spatial"]))
+    model.train()
+    frozen_before = {k: v.detach().clone() for k, v in model.named_parameters()
+                     if not v.requires_grad}
+    tunable_before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    assert bool(frozen_before) == expect_frozen_backbone
+    if expect_frozen_backbone:
+        assert all(model.is_tunable(k) == (("adapter" in k) or k.startswith(("head.", "ln_post"))
+                                           or k == "temporal_embedding")
+                   for k in tunable_before) or variant == "frozen_space_only"
+    optimiser = torch.optim.AdamW(model.tunable_parameters(), lr=1e-2, weight_decay=0.05)
+    labels = torch.tensor([0, 3])
+    for step in range(3):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(clips(seed=step)), labels)
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert (p.grad is not None) == p.requires_grad, name
+        optimiser.step()
+    for name, p in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(p, frozen_before[name]), f"frozen {name} changed"
+    changed = [k for k, v in model.named_parameters() if k in tunable_before
+               and not torch.equal(v, tunable_before[k])]
+    assert "head.weight" in changed
+
+
+def test_frozen_space_only_trains_only_the_head():
+    model = build_model(tiny_cfg("frozen_space_only"))
+    assert {k for k, p in model.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+
+
+def test_placement_puts_adapters_only_in_the_chosen_blocks():
+    model = build_model(tiny_cfg(placement="top:1"))
+    adapted = [i for i, b in enumerate(model.blocks) if b.s_adapter is not None]
+    assert adapted == [2]
+    assert build_model(tiny_cfg(placement=[0, 2])).blocks[1].t_adapter is None
+
+
+def test_second_temporal_adapter_is_added_before_temporal_attention():
+    model = build_model(tiny_cfg(temporal_adapters=2))
+    assert all(b.t_adapter_in is not None and b.t_adapter_in.skip for b in model.blocks)
+
+
+def test_timesformer_starts_as_the_image_model_with_copied_temporal_attention(clip_tower):
+    tower, path = clip_tower
+    ts = build_model(tiny_cfg("timesformer", weights=path)).eval()
+    block = ts.blocks[0]
+    assert torch.equal(block.attn_t.in_proj_weight, block.attn.in_proj_weight)
+    x = clips()
+    with torch.no_grad():
+        per_frame = torch.stack([tower(x[:, :, t]) for t in range(FRAMES)], dim=1).mean(1)
+        torch.testing.assert_close(ts.forward_head(ts.forward_features(x), pre_logits=True),
+                                   per_frame, atol=1e-5, rtol=1e-5)
+    assert all(p.requires_grad for p in ts.parameters())
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    perturb_adapters(model)
+    twin = copy.deepcopy(model)
+    twin.set_grad_checkpointing(True)
+    for m in (model, twin):
+        m.train()
+        m(clips()).sum().backward()
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("num_tadapter", [1, 2])
+def test_released_checkpoint_loads_and_reproduces_official_logits(tmp_path, num_tadapter):
+    torch.manual_seed(0)
+    reference = OfficialAIM(size=32, frames=FRAMES, patch=8, d=128, layers=2, classes=7,
+                            num_tadapter=num_tadapter, scale=1.0 if num_tadapter == 2 else 0.5).eval()
+    with torch.no_grad():  # released weights are trained: no zero adapters
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / "aim_official.pth"
+    torch.save({"meta": {"epoch": 30}, "state_dict": reference.state_dict()}, path)
+
+    model = load_official_checkpoint(path)
+    assert not model.training
+    assert (model.cfg.num_frames, model.cfg.num_classes, model.spec.width) == (FRAMES, 7, 128)
+    assert model.cfg.adapter.temporal_adapters == num_tadapter
+    x = clips()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=1e-4)
+
+
+def test_released_checkpoint_overrides_and_rejects_other_files(tmp_path):
+    reference = OfficialAIM(frames=FRAMES)
+    path = tmp_path / "aim.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)
+    assert load_official_checkpoint(path, scale=0.25).cfg.adapter.scale == 0.25
+    other = tmp_path / "other.pth"
+    torch.save({"state_dict": {"weight": torch.zeros(2)}}, other)
+    with pytest.raises(Exception, match="not an official AIM checkpoint"):
+        load_official_checkpoint(other)
+
+
+def test_random_backbone_is_said_loudly_and_recorded(caplog):
+    model = build_model(tiny_cfg())
+    assert "RANDOMLY INITIALISED" in caplog.text
+    assert model.backbone_identity.random_init
+
+
+def test_wrong_frame_count_is_a_clear_error():
+    with pytest.raises(ValueError, match="built for 4 frames"):
+        build_model(tiny_cfg())(torch.zeros(1, 3, 2, 32, 32))

@@ -1,0 +1,38 @@
+"""Every preset in configs/ loads, validates and follows the paper's recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aim_core.config import Config
+from pipelines.cli import main
+
+PRESETS = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_loads(path):
+    cfg = Config.load(path)
+    dataset, backbone, frames = path.stem.split("_")
+    assert cfg.model.num_frames == int(frames[:-1])
+    assert cfg.model.num_classes == {"k400": 400, "k700": 700, "ssv2": 174, "diving48": 48}[dataset]
+    assert cfg.model.backbone.name.startswith({"vitb16": "ViT-B-16", "vitl14": "ViT-L-14"}[backbone])
+    if dataset == "ssv2":
+        assert cfg.model.adapter.temporal_adapters == 2 and not cfg.data.horizontal_flip
+        assert (cfg.data.test_clips, cfg.data.test_crops) == (1, 3)
+    if dataset.startswith("k"):
+        assert cfg.data.frame_interval * cfg.model.num_frames == 128
+        assert (cfg.data.test_clips, cfg.data.test_crops, cfg.optim.epochs) == (3, 1, 30)
+
+
+def test_describe_prints_the_paper_numbers(capsys):
+    assert main(["describe", "configs/k400_vitb16_8f.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "96.76 M" in out and "10.97 M" in out and "606." in out
+
+
+def test_describe_reports_a_bad_override_by_field(capsys):
+    assert main(["describe", "configs/k400_vitb16_8f.yaml", "--set", "model.adapter.ratio=7"]) == 2
+    assert "model.adapter.ratio" in capsys.readouterr().err
