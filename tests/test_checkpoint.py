@@ -1,0 +1,52 @@
+"""Model checkpoints are small, reload to identical logits, and refuse the wrong backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aim_core.backbones import BackboneError, build_model
+from aim_core.checkpoint import load_model, read_model_file, save_model
+from aim_core.config import Config
+
+from .test_model import clip_tower, clips, perturb_adapters, tiny_cfg  # noqa: F401 (fixture)
+
+
+def trained(weights=None):
+    cfg = Config(model=tiny_cfg(weights=weights))
+    model = build_model(cfg.model).eval()
+    perturb_adapters(model)
+    return cfg, model
+
+
+def test_checkpoint_keeps_only_trained_weights_and_reloads_identically(tmp_path, clip_tower):
+    _, backbone = clip_tower
+    cfg, model = trained(backbone)
+    path = save_model(tmp_path / "ckpt", model, cfg, class_names=list("abcde"))
+    stored = read_model_file(path)["state_dict"]
+    assert set(stored) == set(model.tunable_state_dict())
+    reloaded, cfg2, names = load_model(path)
+    assert cfg2 == cfg and names == list("abcde")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(clips()), model(clips()), atol=0, rtol=0)
+
+
+def test_random_backbone_is_stored_whole(tmp_path):
+    cfg, model = trained(None)
+    path = save_model(tmp_path / "m.pt", model, cfg)
+    assert set(read_model_file(path)["state_dict"]) == set(model.state_dict())
+    reloaded, _, _ = load_model(path)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(clips()), model(clips()), atol=0, rtol=0)
+
+
+def test_wrong_backbone_file_is_refused(tmp_path, clip_tower):
+    _, backbone = clip_tower
+    cfg, model = trained(backbone)
+    path = save_model(tmp_path / "ckpt", model, cfg)
+    impostor = tmp_path / "other.pt"
+    state = torch.load(backbone, weights_only=True)
+    state["state_dict"]["visual.ln_post.bias"] = state["state_dict"]["visual.ln_post.bias"] + 1
+    torch.save(state, impostor)
+    with pytest.raises(BackboneError, match="wrong backbone weights"):
+        load_model(path, backbone_file=impostor)
