@@ -1,0 +1,352 @@
+"""Safe defaults for running the pipelines on a laptop or a Ray cluster.
+
+Pure Python, importable without Ray (``pyarrow`` is imported lazily, only to probe remote storage).
+The pipelines call these helpers before they start Ray work, so a wrong storage path or a
+credential pasted into a config fails in seconds with a message that says what to do, instead of
+after an hour of decoding:
+
+- :func:`dashboard_host`: where the Ray dashboard binds (``127.0.0.1`` unless
+  ``AIM_DASHBOARD_HOST`` says otherwise);
+- :func:`check_storage`: the run's ``storage_path`` exists (or can be created) and is writable /
+  reachable, else :class:`StorageError` naming the path and the reason;
+- :func:`reject_inline_credentials`: refuse configs that carry secrets;
+- :func:`ingest_resources` / :func:`train_scaling`: the Ray resource requests for heterogeneous
+  clusters (decoding on CPU nodes, training on GPU nodes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_HOST_ENV = "AIM_DASHBOARD_HOST"
+
+# Custom Ray resource advertised by the CPU decoding nodes (cluster/kuberay/raycluster.yaml,
+# cluster/aws.yaml, cluster/gcp.yaml). Ingest tasks request a tiny fraction of it when the cluster
+# has it, which pins decoding to those nodes and tells the autoscaler which node type to add.
+DECODE_RESOURCE = "aim_decode"
+DECODE_RESOURCE_PER_TASK = 0.001
+
+_CREDENTIAL_HINT = (
+    "credentials come from the environment or the provider's default chain (AWS: AWS_PROFILE / "
+    "AWS_ACCESS_KEY_ID+AWS_SECRET_ACCESS_KEY / an IAM instance profile or IRSA; GCP: "
+    "GOOGLE_APPLICATION_CREDENTIALS / gcloud application-default login / the VM's or pod's "
+    "service account); check they are set for this process and grant access to this path"
+)
+
+
+class StorageError(RuntimeError):
+    """``run.storage_path`` cannot be used: missing, not writable, or not reachable."""
+
+
+class InlineCredentialsError(ValueError):
+    """A configuration carries a secret (key, password, token) inline."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Dashboard
+# ----------------------------------------------------------------------------------------------
+
+def dashboard_host() -> str:
+    """Interface the Ray dashboard binds to: loopback unless ``AIM_DASHBOARD_HOST`` is set.
+
+    The dashboard's job API runs arbitrary commands, so it is never exposed by default; reach a
+    remote one through ``ray dashboard cluster.yaml`` or ``kubectl port-forward``.
+    """
+    value = os.environ.get(DASHBOARD_HOST_ENV, "").strip()
+    return value or DEFAULT_DASHBOARD_HOST
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage
+# ----------------------------------------------------------------------------------------------
+
+def is_remote_uri(path: str) -> bool:
+    """True for ``scheme://`` URIs other than ``file://`` (s3, gs, hdfs, abfs, ...)."""
+    scheme = urlsplit(str(path)).scheme.lower()
+    return len(scheme) > 1 and scheme != "file"   # len > 1: a Windows drive letter is no scheme
+
+
+def check_storage(storage_path: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, with the path and the reason, if ``storage_path`` cannot hold a run.
+
+    - a local folder or NFS mount (plain path or ``file://``): created if missing, then a probe
+      file is written and removed;
+    - ``s3://bucket/prefix``: the bucket must exist and be reachable with the ambient credentials
+      and ``prefix`` must not be a file. Connect/request timeouts and a single attempt keep this
+      within about ``timeout_s``. Query parameters ``region``, ``endpoint_override``, ``scheme``
+      and ``anonymous`` are honoured (e.g. MinIO: ``s3://b/p?endpoint_override=host:9000&scheme=http``);
+      without ``region`` the region comes from ``AWS_REGION``/``AWS_DEFAULT_REGION`` or is resolved
+      from the bucket;
+    - ``gs://bucket/prefix`` and any other pyarrow URI: same checks through ``pyarrow.fs``.
+
+    Remote write permission is not probed here (that would leave objects behind on
+    failure-prone paths); Ray Train checks it with a marker file when the run starts.
+    """
+    if not isinstance(storage_path, str) or not storage_path.strip():
+        raise StorageError(f"run.storage_path is empty ({storage_path!r}): give a local folder, "
+                           "an NFS mount, s3://bucket/prefix or gs://bucket/prefix")
+    storage_path = storage_path.strip()
+    if is_remote_uri(storage_path):
+        _check_remote(storage_path, timeout_s)
+    else:
+        _check_local(storage_path)
+
+
+def _check_local(storage_path: str) -> None:
+    raw = storage_path[len("file://"):] if storage_path.lower().startswith("file://") else storage_path
+    path = Path(raw).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise StorageError(f"storage path {storage_path!r} cannot be used: {path} (or a parent of "
+                           f"it) exists and is not a folder ({exc.strerror or exc})") from exc
+    except NotADirectoryError as exc:
+        raise StorageError(f"storage path {storage_path!r} cannot be created: a parent of {path} "
+                           f"is a file, not a folder") from exc
+    except PermissionError as exc:
+        raise StorageError(f"storage path {storage_path!r} cannot be created: permission denied "
+                           f"({exc.filename or path}); choose a folder you can write") from exc
+    except OSError as exc:
+        raise StorageError(f"storage path {storage_path!r} cannot be created: "
+                           f"{exc.strerror or exc}") from exc
+    if not path.is_dir():
+        raise StorageError(f"storage path {storage_path!r} is not a folder")
+    probe = path / f".aim_write_probe_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"ok")
+    except OSError as exc:
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or exc)
+        raise StorageError(f"storage path {storage_path!r} is not writable: {reason}; runs write "
+                           "checkpoints and results there") from exc
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
+def _split_bucket(uri: str) -> tuple[str, str, str, dict[str, list[str]]]:
+    parts = urlsplit(uri)
+    bucket = parts.netloc
+    key = parts.path.strip("/")
+    return parts.scheme.lower(), bucket, key, parse_qs(parts.query)
+
+
+def _remote_error(storage_path: str, what: str, exc: BaseException | None = None) -> StorageError:
+    detail = f": {exc}" if exc is not None else ""
+    return StorageError(f"storage path {storage_path!r} is not usable: {what}{detail}. "
+                        f"Hint: {_CREDENTIAL_HINT}.")
+
+
+def _check_remote(storage_path: str, timeout_s: float) -> None:
+    try:
+        from pyarrow import fs as pafs
+    except ImportError as exc:  # pragma: no cover - pyarrow is a dependency
+        raise StorageError(f"storage path {storage_path!r} needs pyarrow to be checked") from exc
+
+    scheme, bucket, key, query = _split_bucket(storage_path)
+    if not bucket:
+        raise StorageError(f"storage path {storage_path!r} has no bucket: expected "
+                           f"{scheme}://bucket/prefix")
+    try:
+        if scheme == "s3":
+            filesystem = _s3_filesystem(pafs, bucket, query, timeout_s)
+        elif scheme in ("gs", "gcs"):
+            # The GCS client's total time is roughly twice its retry limit plus a second.
+            filesystem = pafs.GcsFileSystem(
+                retry_time_limit=datetime.timedelta(seconds=max(1, int(timeout_s // 4))))
+        else:
+            filesystem, _ = pafs.FileSystem.from_uri(storage_path)
+        bucket_info = filesystem.get_file_info(bucket)
+    except StorageError:
+        raise
+    except Exception as exc:  # pyarrow raises OSError/ArrowInvalid with the SDK's message
+        raise _remote_error(storage_path, "cannot reach the bucket", exc) from exc
+    if bucket_info.type == pafs.FileType.NotFound:
+        raise _remote_error(storage_path, f"bucket {bucket!r} does not exist or is not visible "
+                                          "with the current credentials")
+    if not key:
+        return
+    try:
+        info = filesystem.get_file_info(f"{bucket}/{key}")
+    except Exception as exc:
+        raise _remote_error(storage_path, "cannot read the prefix", exc) from exc
+    if info.type == pafs.FileType.File:
+        raise StorageError(f"storage path {storage_path!r} is an object (a file), not a prefix: "
+                           "choose a folder-like prefix for runs")
+
+
+def _s3_filesystem(pafs: Any, bucket: str, query: dict[str, list[str]], timeout_s: float) -> Any:
+    def first(name: str) -> str | None:
+        values = query.get(name)
+        return values[0] if values else None
+
+    unknown = set(query) - {"region", "endpoint_override", "scheme", "anonymous"}
+    if unknown:
+        raise StorageError(f"s3 storage path: unsupported query parameters {sorted(unknown)}; "
+                           "allowed: region, endpoint_override, scheme, anonymous")
+    endpoint = first("endpoint_override")
+    region = first("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region is None and endpoint is None:
+        region = pafs.resolve_s3_region(bucket)
+    connect = max(0.5, min(timeout_s / 2.0, 5.0))
+    return pafs.S3FileSystem(
+        region=region,
+        endpoint_override=endpoint,
+        scheme=first("scheme") or "https",
+        anonymous=(first("anonymous") or "").lower() in ("1", "true", "yes"),
+        connect_timeout=connect,
+        request_timeout=max(1.0, timeout_s - connect),
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Secrets
+# ----------------------------------------------------------------------------------------------
+
+# Whole key names (normalised: lower case, '-' -> '_') that always denote a secret.
+_SECRET_KEYS = {
+    "aws_secret_access_key", "aws_session_token", "aws_access_key_id", "secret_access_key",
+    "access_key", "access_key_id", "secret_key", "session_token", "private_key", "api_key",
+    "apikey", "api_token", "auth_token", "access_token", "refresh_token", "client_secret",
+    "password", "passwd", "pwd", "secret", "token", "credentials", "credential",
+    "mlflow_tracking_password", "mlflow_tracking_token", "hf_token", "wandb_api_key",
+    "google_application_credentials_json", "connection_string", "sas_token",
+}
+# Single words that make a key secret wherever they appear as a word of it (db_password, ...).
+_SECRET_WORDS = {"password", "passwd", "secret", "token", "apikey", "credentials", "credential"}
+_SECRET_VALUE_PATTERNS = (
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id"),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r"\b[a-z][a-z0-9+.\-]*://[^/\s:@]+:[^/\s@]+@"), "a URI with user:password"),
+)
+
+
+def _key_words(key: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)     # camelCase -> camel_Case
+    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+
+
+def _secret_key(key: str) -> bool:
+    words = _key_words(key)
+    if not words:
+        return False
+    if "_".join(words) in _SECRET_KEYS:
+        return True
+    return any(w in _SECRET_WORDS for w in words) or "api_key" in "_".join(words)
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, bytes, list, dict, tuple)) and len(value) == 0)
+
+
+def reject_inline_credentials(config: Any, where: str = "config") -> None:
+    """Raise :class:`InlineCredentialsError` if ``config`` holds a secret.
+
+    ``config`` is a mapping (e.g. ``Config.to_dict()`` or a parsed YAML file), a dataclass, or a
+    list of them. A key that names a secret (``aws_secret_access_key``, ``password``, ``token``,
+    ``api_key``, ...) with a non-empty value is refused, as is any string value that looks like an
+    AWS key id, a private key, or a URI with ``user:password@``. The message names the field but
+    never repeats the value.
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    problems: list[str] = []
+    _scan(config, "", problems)
+    if problems:
+        listed = "; ".join(problems)
+        raise InlineCredentialsError(
+            f"{where} contains credentials inline ({listed}). Remove them: secrets must not live "
+            "in configs, manifests or job metadata (they end up in git, MLflow params and the Ray "
+            "dashboard). Use the environment (e.g. MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_PROFILE) "
+            "or the provider's credential chain (IAM instance profile / IRSA, GCP service account / "
+            "Workload Identity, a Kubernetes Secret referenced by the pod).")
+
+
+def _scan(node: Any, path: str, problems: list[str]) -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _secret_key(key) and not _is_empty(value) \
+                    and not isinstance(value, (Mapping, list, tuple)) and not isinstance(value, bool):
+                problems.append(f"{sub}: looks like a secret")
+                continue
+            _scan(value, sub, problems)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _scan(value, f"{path}[{i}]", problems)
+    elif isinstance(node, str):
+        for pattern, label in _SECRET_VALUE_PATTERNS:
+            if pattern.search(node):
+                problems.append(f"{path or 'value'}: contains {label}")
+                break
+
+
+# ----------------------------------------------------------------------------------------------
+# Heterogeneous scheduling
+# ----------------------------------------------------------------------------------------------
+
+def _get(run_cfg: Any, name: str, default: Any = None) -> Any:
+    if isinstance(run_cfg, Mapping):
+        return run_cfg.get(name, default)
+    return getattr(run_cfg, name, default)
+
+
+def ingest_resources(run_cfg: Any, cluster_resources: Mapping[str, float] | None = None
+                     ) -> dict[str, Any]:
+    """Ray remote args for one decode task (``map`` / ``map_batches`` keyword arguments).
+
+    Decoding is CPU work: ``num_cpus=run.ingest_cpus`` and ``num_gpus=0`` always, so decode tasks
+    never hold a GPU a training worker is waiting for. When ``cluster_resources`` (e.g.
+    ``ray.cluster_resources()``) shows the :data:`DECODE_RESOURCE` that the cluster manifests give
+    the CPU decoding nodes, each task also requests a tiny amount of it, which keeps decoding on
+    those nodes; on a laptop (no such resource) nothing extra is requested, so nothing hangs.
+    """
+    cpus = float(_get(run_cfg, "ingest_cpus", 1.0))
+    if cpus <= 0:
+        raise ValueError(f"run.ingest_cpus: expected a positive number, got {cpus!r}")
+    args: dict[str, Any] = {"num_cpus": cpus, "num_gpus": 0}
+    if cluster_resources and float(cluster_resources.get(DECODE_RESOURCE, 0) or 0) > 0:
+        args["resources"] = {DECODE_RESOURCE: DECODE_RESOURCE_PER_TASK}
+    return args
+
+
+def train_scaling(run_cfg: Any, gpus_available: int | float) -> dict[str, Any]:
+    """Keyword arguments for ``ray.train.ScalingConfig``.
+
+    ``use_gpu`` follows ``run.use_gpu`` when it is set; when it is ``None``, training uses GPUs
+    if the cluster has any (``gpus_available``, e.g. ``ray.cluster_resources().get("GPU", 0)``).
+    Each worker asks for ``run.cpus_per_worker`` CPUs and, with GPUs, ``run.gpus_per_worker`` GPUs.
+
+    On an autoscaling cluster whose GPU group starts at zero nodes, ``gpus_available`` is 0 at
+    submission time: set ``run.use_gpu=true`` explicitly there, and the autoscaler adds GPU nodes
+    for the workers' requests.
+    """
+    num_workers = int(_get(run_cfg, "num_workers", 1))
+    if num_workers <= 0:
+        raise ValueError(f"run.num_workers: expected a positive integer, got {num_workers!r}")
+    cpus = float(_get(run_cfg, "cpus_per_worker", 1.0))
+    gpus = float(_get(run_cfg, "gpus_per_worker", 1.0))
+    requested = _get(run_cfg, "use_gpu", None)
+    use_gpu = bool(requested) if requested is not None else (gpus_available or 0) > 0
+    resources: dict[str, float] = {"CPU": cpus}
+    if use_gpu:
+        if gpus <= 0:
+            raise ValueError(f"run.gpus_per_worker: expected a positive number when training on "
+                             f"GPUs, got {gpus!r}")
+        resources["GPU"] = gpus
+        if requested and (gpus_available or 0) <= 0:
+            warnings.warn("run.use_gpu=true but the cluster shows no GPUs yet: the workers will "
+                          "wait until an autoscaler adds GPU nodes", RuntimeWarning, stacklevel=2)
+    return {"num_workers": num_workers, "use_gpu": use_gpu, "resources_per_worker": resources}

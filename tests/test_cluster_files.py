@@ -1,0 +1,309 @@
+"""The cluster/ deliverables parse and carry what they need (fast; no cluster, no network)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.cluster_config import DECODE_RESOURCE, reject_inline_credentials
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+CONFIGS = ROOT / "configs"
+IMAGE = "ghcr.io/aim-video/aim-video:0.1.0"
+
+YAML_FILES = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def _docs(path: Path) -> list:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _kind(path: Path, kind: str) -> dict:
+    found = [d for d in _docs(path) if isinstance(d, dict) and d.get("kind") == kind]
+    assert len(found) == 1, f"{path.name}: expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def _containers(pod_template: dict) -> list[dict]:
+    return pod_template["template"]["spec"]["containers"]
+
+
+# ---------------------------------------------------------------------------------------------
+# everything parses
+# ---------------------------------------------------------------------------------------------
+
+def test_expected_files_exist():
+    for rel in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "kuberay/common.yaml", "aws.yaml",
+                "gcp.yaml", "runtime_env.yaml", "Dockerfile", "LAPTOP_TO_CLUSTER.md"):
+        assert (CLUSTER / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_parses(path):
+    docs = _docs(path)
+    assert docs, f"{path} is empty"
+
+
+# ---------------------------------------------------------------------------------------------
+# KubeRay
+# ---------------------------------------------------------------------------------------------
+
+def _check_ray_cluster_spec(spec: dict, where: str) -> None:
+    assert spec["enableInTreeAutoscaling"] is True, where
+    assert spec.get("authOptions", {}).get("mode") == "token", where
+    head = spec["headGroupSpec"]
+    # Not exposed publicly: ClusterIP Service, no ingress; dashboard reached by port-forward.
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP", where
+    assert not head.get("enableIngress", False), where
+    assert head["rayStartParams"].get("num-cpus") == "0", where
+    for c in _containers(head):
+        assert c["image"] == IMAGE
+        assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"cpu-decode", "gpu-train"}, where
+    for name, group in groups.items():
+        assert 0 <= group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"], name
+        assert group["maxReplicas"] >= 1, name
+        for value in group["rayStartParams"].values():
+            assert isinstance(value, str), f"{name}: rayStartParams values must be strings"
+        for c in _containers(group):
+            assert c["image"] == IMAGE, name
+            limits, requests = c["resources"]["limits"], c["resources"]["requests"]
+            assert "cpu" in limits and "memory" in limits, name
+            if name == "gpu-train":
+                assert int(limits["nvidia.com/gpu"]) >= 1
+                assert requests.get("nvidia.com/gpu") == limits["nvidia.com/gpu"]
+            else:
+                assert "nvidia.com/gpu" not in limits and "nvidia.com/gpu" not in requests
+    decode = groups["cpu-decode"]["rayStartParams"]
+    assert decode.get("num-gpus") == "0"
+    assert DECODE_RESOURCE in decode.get("resources", ""), "ingest targets CPU nodes by this resource"
+    # MLFLOW_TRACKING_URI comes from a ConfigMap/Secret reference, never an inline value.
+    for pod in [head, *groups.values()]:
+        for c in _containers(pod):
+            env = {e["name"]: e for e in c.get("env", [])}
+            assert "valueFrom" in env["MLFLOW_TRACKING_URI"], where
+            assert "configMapKeyRef" in env["MLFLOW_TRACKING_URI"]["valueFrom"]
+            for name, e in env.items():
+                if "PASSWORD" in name or "TOKEN" in name or "SECRET" in name:
+                    assert "value" not in e and "secretKeyRef" in e["valueFrom"], name
+
+
+def test_raycluster_manifest():
+    rc = _kind(CLUSTER / "kuberay" / "raycluster.yaml", "RayCluster")
+    assert rc["apiVersion"] == "ray.io/v1"
+    _check_ray_cluster_spec(rc["spec"], "raycluster.yaml")
+
+
+def test_raycluster_decode_resource_is_valid_ray_syntax():
+    import json
+
+    rc = _kind(CLUSTER / "kuberay" / "raycluster.yaml", "RayCluster")
+    group = next(g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == "cpu-decode")
+    raw = group["rayStartParams"]["resources"]
+    # KubeRay passes this to `ray start --resources=...`: a quoted JSON object.
+    assert raw.startswith('"') and raw.endswith('"')
+    parsed = json.loads(raw[1:-1].replace('\\"', '"'))
+    assert parsed[DECODE_RESOURCE] > 0
+
+
+def test_rayjob_manifest():
+    rj = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")
+    assert rj["apiVersion"] == "ray.io/v1"
+    spec = rj["spec"]
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:2] == ["aim-video", "train"]
+    assert argv[2].startswith("configs/") and argv[2].endswith(".yaml")
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    storage = [s.split("=", 1)[1] for s in sets if s.startswith("run.storage_path=")]
+    assert storage and re.match(r"^(s3|gs)://[^/]+/.+", storage[0]), "shared storage in entrypoint"
+    assert "--register" in argv
+    assert spec["submissionMode"] in ("K8sJobMode", "HTTPMode", "SidecarMode")
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert isinstance(spec["ttlSecondsAfterFinished"], int) and spec["ttlSecondsAfterFinished"] >= 0
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert isinstance(runtime_env, dict)
+    assert not {"pip", "uv", "conda"} & set(runtime_env), "the image carries the dependencies"
+    assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec)
+    if "rayClusterSpec" in spec:
+        _check_ray_cluster_spec(spec["rayClusterSpec"], "rayjob.yaml")
+        rc = _kind(CLUSTER / "kuberay" / "raycluster.yaml", "RayCluster")
+        assert spec["rayClusterSpec"] == rc["spec"], "keep rayjob.yaml's cluster in sync with raycluster.yaml"
+
+
+def test_common_objects_referenced_exist():
+    docs = _docs(CLUSTER / "kuberay" / "common.yaml")
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("ConfigMap", "aim-video-config") in kinds
+    assert ("ServiceAccount", "aim-video") in kinds
+    assert not any(d["kind"] == "Secret" for d in docs), "Secrets are created out of band"
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert "MLFLOW_TRACKING_URI" in cm["data"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster launcher
+# ---------------------------------------------------------------------------------------------
+
+LAUNCHERS = {"aws.yaml": ("aws", "IamInstanceProfile"), "gcp.yaml": ("gcp", "serviceAccounts")}
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHERS))
+def test_launcher_config(name):
+    provider, identity_key = LAUNCHERS[name]
+    cfg = yaml.safe_load((CLUSTER / name).read_text())
+    assert cfg["provider"]["type"] == provider
+    assert cfg["docker"]["image"] == IMAGE
+    assert isinstance(cfg["max_workers"], int) and cfg["max_workers"] > 0
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] in types
+    assert types[cfg["head_node_type"]]["resources"].get("CPU") == 0
+    decode, train = types["cpu-decode"], types["gpu-train"]
+    assert decode["resources"].get("GPU", 0) == 0 and decode["resources"][DECODE_RESOURCE] > 0
+    assert train["resources"]["GPU"] >= 1
+    for t in (decode, train):
+        assert 0 <= t.get("min_workers", 0) <= t["max_workers"] <= cfg["max_workers"]
+        assert identity_key in t["node_config"], "node identity instead of keys"
+    assert "file_mounts" in cfg and "setup_commands" in cfg
+    head_cmds = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_cmds
+    assert "0.0.0.0" not in head_cmds
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_cmds
+    worker_cmds = " ".join(cfg["worker_start_ray_commands"])
+    assert "--address=$RAY_HEAD_IP:6379" in worker_cmds
+
+
+def test_aws_uses_expected_instance_families():
+    cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    types = cfg["available_node_types"]
+    assert types["cpu-decode"]["node_config"]["InstanceType"].startswith("m6i.")
+    assert types["gpu-train"]["node_config"]["InstanceType"].startswith(("g5.", "g6.", "p4d.", "p5."))
+    arn = types["gpu-train"]["node_config"]["IamInstanceProfile"]["Arn"]
+    assert arn.startswith("arn:aws:iam::") and ":instance-profile/" in arn
+
+
+def test_gcp_uses_expected_machine_families():
+    cfg = yaml.safe_load((CLUSTER / "gcp.yaml").read_text())
+    types = cfg["available_node_types"]
+    assert types["cpu-decode"]["node_config"]["machineType"].startswith("n2-")
+    gpu = types["gpu-train"]["node_config"]
+    assert gpu["machineType"].startswith(("a2-", "a3-", "g2-")) or gpu.get("guestAccelerators")
+    assert {"onHostMaintenance": "TERMINATE"} in gpu["scheduling"]
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHERS))
+def test_launcher_config_validates_with_ray(name):
+    """Ray's own schema and validation (the same checks `ray up` runs before touching the cloud)."""
+    pytest.importorskip("ray")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(yaml.safe_load((CLUSTER / name).read_text())))
+
+
+def test_runtime_env():
+    env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "."
+    assert not {"pip", "uv", "conda", "py_executable"} & set(env)
+    assert ".venv" in env["excludes"] and ".git" in env["excludes"]
+    assert all(isinstance(v, str) for v in env["env_vars"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# No secrets anywhere in cluster/ or configs/
+# ---------------------------------------------------------------------------------------------
+
+_SECRET_TEXT = [
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "AWS access key id"),
+    (re.compile(r"(?i)aws_secret_access_key\s*[:=]\s*[\"']?(?![<$\"'{])[^\s\"'#]+"), "AWS secret key"),
+    (re.compile(r"(?i)aws_session_token\s*[:=]\s*[\"']?(?![<$\"'{])[^\s\"'#]+"), "AWS session token"),
+    (re.compile(r"(?i)(?<![a-z0-9])(password|passwd)\s*[:=]\s*[\"']?(?![<$\"'{])[^\s\"'#,}]+"), "password"),
+    (re.compile(r"(?i)(?<![a-z0-9])(api_key|apikey|auth_token|client_secret)\s*[:=]\s*[\"']?(?![<$\"'{])[^\s\"'#,}]+"),
+     "token/API key"),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "private key"),
+    (re.compile(r"\b[a-z][a-z0-9+.\-]*://[^/\s:@<]+:[^/\s@<$]+@"), "URI with user:password"),
+    (re.compile(r"\bghp_[A-Za-z0-9]{30,}\b|\bhf_[A-Za-z0-9]{30,}\b"), "access token"),
+]
+
+
+def _text_files() -> list[Path]:
+    files = [p for p in CLUSTER.rglob("*") if p.is_file()]
+    if CONFIGS.is_dir():
+        files += [p for p in CONFIGS.rglob("*") if p.is_file()]
+    return sorted(files)
+
+
+@pytest.mark.parametrize("path", _text_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_inline_secrets_text(path):
+    text = path.read_text(errors="replace")
+    for pattern, label in _SECRET_TEXT:
+        match = pattern.search(text)
+        assert match is None, f"{path.relative_to(ROOT)}: looks like an inline {label}: {match.group(0)[:40]!r}"
+
+
+def test_secret_scanner_catches_examples():
+    bad = ["aws_secret_access_key: wJalrXUtnFEMI/K7MDENG", "password: hunter2",
+           "MLFLOW_TRACKING_PASSWORD=abc123", "AKIAIOSFODNN7EXAMPLE",
+           "uri: postgresql://mlflow:pw@db/mlflow", 'api_key: "sk-123"']
+    good = ["password: <your password>", "--from-literal=MLFLOW_TRACKING_PASSWORD=\"$MLFLOW_PW\"",
+            "key: MLFLOW_TRACKING_PASSWORD, optional: true", "password: ${PW}",
+            "s3://bucket/runs", "postgresql://mlflow@db.internal/mlflow"]
+    for line in bad:
+        assert any(p.search(line) for p, _ in _SECRET_TEXT), line
+    for line in good:
+        assert not any(p.search(line) for p, _ in _SECRET_TEXT), line
+
+
+@pytest.mark.parametrize("path", [p for p in YAML_FILES] + sorted(CONFIGS.glob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_inline_secret_fields(path):
+    for doc in _docs(path):
+        reject_inline_credentials(doc, where=str(path.relative_to(ROOT)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile installs exactly pyproject's dependency set
+# ---------------------------------------------------------------------------------------------
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (CLUSTER / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, _, rest = line.partition(" ")
+        out.append((op.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_installs_pyproject_dependency_set():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = pyproject["project"]["dependencies"]
+    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    instructions = _dockerfile_instructions()
+    base = next(rest for op, rest in instructions if op == "FROM")
+    assert base.startswith(("python:3.11", "nvidia/cuda")), base
+    copies = [rest for op, rest in instructions if op == "COPY"]
+    runs = [rest for op, rest in instructions if op == "RUN"]
+    assert any("pyproject.toml" in c.split() for c in copies), "pyproject must be copied"
+    for pkg in (p.rstrip("*") for p in packages):
+        assert any(c.split()[0] == pkg for c in copies), f"package {pkg} not copied"
+    pip_cmds = [part.strip() for r in runs for part in r.split("&&") if re.search(r"\bpip3? install\b", part)]
+    assert any(re.fullmatch(r"(python3? -m )?pip3? install (--no-cache-dir )?\.", c) for c in pip_cmds), \
+        f"expected `pip install .`, got {pip_cmds}"
+    # Nothing else is pip-installed, so the image's set is exactly pyproject's [project].dependencies.
+    assert len(pip_cmds) == 1, pip_cmds
+    names = {re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower() for d in deps}
+    assert {"torch", "ray", "av", "mlflow", "pyarrow"} <= names
+
+
+def test_dockerfile_runs_as_non_root():
+    users = [rest for op, rest in _dockerfile_instructions() if op == "USER"]
+    assert users and users[-1] not in ("root", "0", "0:0")
