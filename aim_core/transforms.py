@@ -1,0 +1,164 @@
+"""Train and test transforms on uint8 clips, built from torchvision.transforms.v2.
+
+A clip is stored as uint8 ``(T, H, W, C)`` RGB and reaches the model as float ``(C, T, H, W)``
+normalised with CLIP's mean and std. The clip goes through v2 as one ``tv_tensors.Video``
+``(T, C, H, W)``: v2 draws a transform's random parameters once per call, so every frame gets
+the same crop, flip, RandAugment ops and erased box. Per-frame randomness would be flicker that a
+temporal model could learn from and that a real camera never produces.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+if TYPE_CHECKING:
+    from aim_core.config import DataConfig
+
+Clip = Union[torch.Tensor, np.ndarray]
+
+# CLIP's statistics on the 0-255 scale (the released AIM configs use these).
+CLIP_MEAN = (122.769, 116.74, 104.04)
+CLIP_STD = (68.493, 66.63, 70.321)
+
+# mmaction2's RandomResizedCrop defaults, which the released AIM configs use for every data set
+# (after a short-side resize to 256): area 8%-100% of the frame, aspect ratio 3/4-4/3.
+TRAIN_CROP_SCALE = (0.08, 1.0)
+TRAIN_CROP_RATIO = (3 / 4, 4 / 3)
+
+# timm's RandAugment magnitudes run 0..10; torchvision's map bin k of n to k/(n-1) of each op's
+# range, and the ranges match timm's at magnitude 10 (rotate 30 deg, shear 0.3, ...).
+_TIMM_MAX_MAGNITUDE = 10
+_IGNORED_RAND_AUGMENT_KEYS = ("mstd", "mmax", "inc", "w", "p")
+
+
+def to_tchw(clip: Clip) -> torch.Tensor:
+    """uint8 ``(T, H, W, 3)`` (numpy or torch) -> uint8 torch ``(T, 3, H, W)``, as a view."""
+    tensor = torch.from_numpy(np.ascontiguousarray(clip)) if isinstance(clip, np.ndarray) else clip
+    if tensor.ndim != 4 or tensor.shape[-1] != 3:
+        raise ValueError(f"expected a clip of shape (T, H, W, 3), got {tuple(tensor.shape)}")
+    if tensor.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 clip, got {tensor.dtype}")
+    return tensor.permute(0, 3, 1, 2)
+
+
+def normalize(clip_tchw: torch.Tensor) -> torch.Tensor:
+    """uint8 (or 0-255 float) ``(T, 3, H, W)`` -> float32 normalised with CLIP_MEAN / CLIP_STD."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return (clip_tchw.as_subclass(torch.Tensor).float() - mean) / std
+
+
+def parse_rand_augment(spec: str) -> dict[str, int]:
+    """A timm RandAugment string (``rand-m7-n4-mstd0.5-inc1``) -> torchvision RandAugment kwargs.
+
+    ``m`` becomes ``magnitude`` on an 11-bin scale (timm's 0..10, clamped) and ``n`` ``num_ops``;
+    timm's defaults are m10, n2. torchvision has no magnitude noise, op weights or "increasing"
+    op variants, so ``mstd``, ``mmax``, ``inc``, ``w`` and ``p`` are accepted and ignored.
+    """
+    parts = spec.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"data.rand_augment: expected a timm string like 'rand-m7-n4', "
+                         f"got {spec!r}")
+    magnitude, num_ops = _TIMM_MAX_MAGNITUDE, 2
+    for part in parts[1:]:
+        match = re.fullmatch(r"([a-z]+)([0-9.]+)", part)
+        if match is None:
+            raise ValueError(f"data.rand_augment: cannot read {part!r} in {spec!r}")
+        key, value = match.groups()
+        if key == "m":
+            magnitude = min(max(round(float(value)), 0), _TIMM_MAX_MAGNITUDE)
+        elif key == "n":
+            num_ops = int(float(value))
+        elif key not in _IGNORED_RAND_AUGMENT_KEYS:
+            raise ValueError(f"data.rand_augment: unknown option {key!r} in {spec!r}")
+    return {"num_ops": num_ops, "magnitude": magnitude,
+            "num_magnitude_bins": _TIMM_MAX_MAGNITUDE + 1}
+
+
+class TrainTransform:
+    """Random-resized crop, optional flip and RandAugment, CLIP normalisation, random erasing.
+
+    RandAugment runs after the crop, on ``image_size`` frames (cheaper than on full frames). Erased
+    boxes are filled with 0 after normalisation (the data set mean) rather than noise, so the box
+    looks the same in every frame.
+    """
+
+    def __init__(self, cfg: DataConfig, image_size: int,
+                 crop_scale: tuple[float, float] = TRAIN_CROP_SCALE,
+                 crop_ratio: tuple[float, float] = TRAIN_CROP_RATIO) -> None:
+        ops: list[Callable] = [v2.RandomResizedCrop(image_size, scale=crop_scale, ratio=crop_ratio,
+                                                    antialias=True)]
+        if cfg.horizontal_flip:
+            ops.append(v2.RandomHorizontalFlip(p=0.5))
+        if cfg.rand_augment:
+            ops.append(v2.RandAugment(**parse_rand_augment(cfg.rand_augment)))
+        self.spatial = v2.Compose(ops)
+        self.erase = v2.RandomErasing(p=cfg.random_erasing, value=0) if cfg.random_erasing else None
+
+    def __call__(self, clip: Clip) -> torch.Tensor:
+        video = self.spatial(tv_tensors.Video(to_tchw(clip)))  # uint8: RandAugment needs it
+        out = normalize(video)
+        if self.erase is not None:
+            out = self.erase(tv_tensors.Video(out)).as_subclass(torch.Tensor)
+        return out.permute(1, 0, 2, 3).contiguous()
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(spatial={self.spatial}, erase={self.erase})"
+
+
+def crop_origins(height: int, width: int, size: int, crops: int) -> list[tuple[int, int]]:
+    """(top, left) of 1 centre crop or 3 crops along the long side (start, centre, end)."""
+    centre = (int(round((height - size) / 2)), int(round((width - size) / 2)))
+    if crops == 1:
+        return [centre]
+    if crops != 3:
+        raise ValueError(f"data.test_crops: expected 1 or 3, got {crops}")
+    if width >= height:
+        return [(centre[0], left) for left in (0, centre[1], width - size)]
+    return [(top, centre[1]) for top in (0, centre[0], height - size)]
+
+
+class TestTransform:
+    """Short-side resize to ``image_size``, then 1 centre crop or 3 crops: ``(V, C, T, H, W)``."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, image_size: int, crops: int = 1) -> None:
+        crop_origins(image_size, image_size, image_size, crops)  # validates ``crops``
+        self.image_size, self.crops = image_size, crops
+
+    def __call__(self, clip: Clip) -> torch.Tensor:
+        size = self.image_size
+        frames = F.resize(to_tchw(clip), [size], antialias=True)
+        height, width = frames.shape[-2:]
+        views = [F.crop(frames, top, left, size, size)
+                 for top, left in crop_origins(height, width, size, self.crops)]
+        return torch.stack([normalize(view).permute(1, 0, 2, 3) for view in views])
+
+    def __repr__(self) -> str:
+        return f"TestTransform(image_size={self.image_size}, crops={self.crops})"
+
+
+def build_train_transform(cfg: DataConfig, image_size: int, *,
+                          crop_scale: tuple[float, float] = TRAIN_CROP_SCALE
+                          ) -> Callable[[Clip], torch.Tensor]:
+    """uint8 ``(T, H, W, 3)`` -> float ``(3, T, image_size, image_size)``, augmented.
+
+    Flip only when ``cfg.horizontal_flip`` (off for direction-dependent classes such as SSv2's
+    "left to right"), RandAugment when ``cfg.rand_augment`` is a timm string, random erasing with
+    probability ``cfg.random_erasing``. Picklable, so it can travel to data-loading workers.
+    """
+    return TrainTransform(cfg, image_size, crop_scale=crop_scale)
+
+
+def build_test_transform(cfg: DataConfig, image_size: int) -> Callable[[Clip], torch.Tensor]:
+    """uint8 ``(T, H, W, 3)`` -> float ``(cfg.test_crops, 3, T, image_size, image_size)``."""
+    return TestTransform(image_size, cfg.test_crops)

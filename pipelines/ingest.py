@@ -1,0 +1,492 @@
+"""Ray Data ingest: labelled video files -> uint8 clips, with bad files skipped and reported.
+
+Why not ``ray.data.read_videos``: it needs decord and yields one row per decoded frame. Instead the
+file list comes from :mod:`aim_core.annotations` (local, ``s3://``, ``gs://``), becomes a dataset
+with ``from_items``, and PyAV decodes only the sampled frames inside ``map_batches``, several videos
+per CPU-only task (``data.videos_per_task``, ``run.ingest_cpus``, no GPUs).
+
+Rows (one row per temporal view; evaluation averages the views of a ``video_id``)::
+
+    video_id: str   path: str   label: int64   view: int32   frames: uint8 (T, H, W, C)
+
+``frames`` is a fixed-shape tensor column when all videos share an aspect ratio, a variable-shaped
+one otherwise. Feed training with :func:`training_columns` (``iter_torch_batches`` fails on strings).
+
+Two modes:
+
+- ``stream``: a scan pass probes every file once (frame count; unreadable files reported), then
+  :class:`ClipStream` builds a dataset per epoch whose map function draws the temporal indices from
+  ``(seed, epoch, video_id)``: fresh clips every epoch, reproducible per epoch and per video.
+- ``parquet``: fixed clips (training clips drawn with epoch 0) written as Parquet shards of
+  ``videos_per_task`` videos, each by the task that decoded it, atomically (temporary name, then
+  rename). A re-run writes only the shards whose file is missing, so an interrupted run resumes.
+
+Bad files (corrupt, truncated, empty, audio-only, unreadable) never fail the job: the map
+functions return them as rows with an ``error`` string, the driver filters them out, and
+``ingest_report.json`` lists ``(path, reason)`` for each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import time
+import uuid
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from aim_core.annotations import ClassMap, Split, VideoRecord, fraction_subset, load_split
+from aim_core.config import Config, DataConfig
+from aim_core.video import VideoDecodeError, clip_indices, decode_frames, probe_video
+
+log = logging.getLogger(__name__)
+
+SplitName = Literal["train", "val"]
+CLIP_COLUMNS = ["video_id", "path", "label", "view", "frames"]
+TRAIN_COLUMNS = ["frames", "label"]
+CLASS_MAP_FILE = "class_map.json"
+REPORT_FILE = "ingest_report.json"
+MANIFEST_FILE = "manifest.json"
+# The DataConfig fields that decide a stored clip's content: a shard planned with other values is
+# rewritten on the next run instead of being reused.
+CLIP_FIELDS = ("sampler", "frame_interval", "test_clips", "short_side", "seed")
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class IngestReport:
+    """What ingest did with one split. ``bad``: unreadable files; ``rejected``: annotated videos
+    left out before decoding (label not in the class map, file missing)."""
+
+    split: str
+    mode: str
+    videos: int = 0
+    good: int = 0
+    clips: int | None = None                 # known after decoding (parquet); None for stream
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["bad"] = [{"path": p, "reason": r} for p, r in self.bad]
+        data["rejected"] = [{"path": p, "reason": r} for p, r in self.rejected]
+        return data
+
+    def summary(self) -> str:
+        clips = "" if self.clips is None else f", {self.clips} clips"
+        text = (f"[ingest {self.split}/{self.mode}] {self.good}/{self.videos} videos readable"
+                f"{clips}, {len(self.bad)} bad, {len(self.rejected)} rejected by the annotations "
+                f"({self.seconds:.1f} s)")
+        for path, reason in (self.bad + self.rejected)[:10]:
+            text += f"\n  skipped {path}: {reason}"
+        if len(self.bad) + len(self.rejected) > 10:
+            text += f"\n  ... {len(self.bad) + len(self.rejected) - 10} more in {REPORT_FILE}"
+        return text
+
+
+@dataclass
+class IngestResult:
+    """A split's clips as a Ray Dataset, with the class map, the report and (stream) the source
+    of later epochs."""
+
+    dataset: ray.data.Dataset
+    class_map: ClassMap
+    report: IngestReport
+    stream: "ClipStream | None" = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Selecting and scanning videos
+# ----------------------------------------------------------------------------------------------
+
+def select_records(cfg: Config, split: SplitName, class_map: ClassMap | None = None) -> Split:
+    """The split's records; the training split is cut to ``data.train_fraction`` (nested subsets)."""
+    chosen = load_split(cfg.data, split, class_map)
+    if split == "train" and cfg.data.train_fraction < 1:
+        chosen.records = fraction_subset(chosen.records, cfg.data.train_fraction, cfg.data.seed)
+    return chosen
+
+
+def scan_videos(cfg: Config, records: list[VideoRecord]
+                ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Probe every file once on Ray: ``(good items with num_frames, [(path, reason)] for bad)``."""
+    if not records:
+        return [], []
+    items = [_item(r) for r in records]
+    ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items), cfg.data.videos_per_task))
+    scanned = ds.map_batches(_probe_batch, batch_size=cfg.data.videos_per_task,
+                             num_cpus=cfg.run.ingest_cpus, num_gpus=0).take_all()
+    by_path = {row["path"]: row for row in scanned}
+    good, bad = [], []
+    for item in items:  # keep the annotation order, whatever order the tasks finished in
+        row = by_path[item["path"]]
+        if row["error"]:
+            bad.append((item["path"], str(row["error"])))
+        else:
+            good.append({**item, "num_frames": int(row["num_frames"])})
+    return good, bad
+
+
+def _probe_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    num_frames, errors = [], []
+    for path in batch["path"]:
+        try:
+            with _open(str(path)) as source:
+                num_frames.append(probe_video(source).num_frames)
+            errors.append("")
+        except Exception as exc:  # any failure to read a file is a report entry, not a crash
+            num_frames.append(0)
+            errors.append(_reason(exc, str(path)))
+    return {"path": batch["path"], "num_frames": np.array(num_frames, np.int64),
+            "error": np.array(errors, dtype=object)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stream mode
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ClipStream:
+    """Scanned videos of one split; :meth:`dataset` gives the clips of one epoch.
+
+    Building a dataset is cheap (no I/O until iterated), so a training loop asks for one per epoch:
+    the epoch number is what makes each epoch's temporal samples (and video order) differ while
+    staying reproducible. ``shard=(rank, world_size)`` gives each worker a disjoint share.
+    """
+
+    data: DataConfig
+    ingest_cpus: float
+    clip_len: int
+    train: bool
+    items: list[dict[str, Any]]
+
+    def dataset(self, epoch: int = 0, shard: tuple[int, int] | None = None) -> ray.data.Dataset:
+        items = list(self.items)
+        if self.train:  # a new video order every epoch; the permutation is shared by all ranks
+            order = np.random.default_rng([self.data.seed, epoch]).permutation(len(items))
+            items = [items[i] for i in order]
+        if shard is not None:
+            rank, world = shard
+            items = items[rank::world]
+        if not items:  # an empty split is reported, not raised: the other split may be fine
+            log.warning("no readable videos to stream (see the ingest report)")
+            return ray.data.from_items([])
+        ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items),
+                                                                    self.data.videos_per_task))
+        return ds.map_batches(_decode_stream_batch, batch_size=self.data.videos_per_task,
+                              num_cpus=self.ingest_cpus, num_gpus=0,
+                              fn_kwargs={"data": self.data, "clip_len": self.clip_len,
+                                         "train": self.train, "epoch": epoch})
+
+
+def _decode_stream_batch(batch: dict[str, np.ndarray], *, data: DataConfig, clip_len: int,
+                         train: bool, epoch: int) -> Iterator[dict[str, Any]]:
+    """Decode a few videos; a file that became unreadable since the scan is logged and skipped."""
+    clips, errors = _decode_batch(batch, data, clip_len, train, epoch)
+    for path, reason in errors:
+        log.warning("skipping %s: %s", path, reason)
+    if clips:  # a generator may yield nothing: no empty batch with a made-up frame shape
+        yield _columns(clips)
+
+
+def build_dataset(cfg: Config, split: SplitName, *, train: bool, epoch: int = 0,
+                  class_map: ClassMap | None = None) -> IngestResult:
+    """Stream-mode clips of ``split`` for ``epoch`` (scan first, so the report is complete).
+
+    ``train=True`` draws one random clip per video; ``train=False`` the ``data.test_clips`` views.
+    Later epochs: ``result.stream.dataset(epoch)``.
+    """
+    start = time.perf_counter()
+    chosen = select_records(cfg, split, class_map)
+    items, bad = scan_videos(cfg, chosen.records)
+    report = IngestReport(split, "stream", videos=len(chosen.records), good=len(items), bad=bad,
+                          rejected=chosen.rejected, seconds=time.perf_counter() - start)
+    stream = ClipStream(cfg.data, cfg.run.ingest_cpus, cfg.model.num_frames, train, items)
+    return IngestResult(stream.dataset(epoch), chosen.class_map, report, stream)
+
+
+def training_columns(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """Only the numeric columns a training loop needs (``iter_torch_batches`` rejects strings)."""
+    return ds.select_columns(TRAIN_COLUMNS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parquet mode
+# ----------------------------------------------------------------------------------------------
+
+def materialize(cfg: Config, split: SplitName, out_dir: str | None = None, *,
+                train: bool | None = None, class_map: ClassMap | None = None) -> str:
+    """Write ``split`` as Parquet shards under ``out_dir/split``; returns that folder.
+
+    The class map is read from ``out_dir/class_map.json`` when present (so train and val agree),
+    otherwise derived from the annotations and saved there. Shards already on disk with the same
+    contents plan are kept; the manifest counts how many each run wrote and skipped.
+    """
+    start = time.perf_counter()
+    out = out_dir or default_output_dir(cfg)
+    train = split == "train" if train is None else train
+    class_map = class_map or _load_or_none(_join(out, CLASS_MAP_FILE))
+    chosen = select_records(cfg, split, class_map)
+    class_map = chosen.class_map
+    class_map.save(_join(out, CLASS_MAP_FILE))
+    folder = _join(out, split)
+    fs, base = _filesystem(folder)
+    fs.create_dir(base, recursive=True)
+
+    per = cfg.data.videos_per_task
+    sampling = {"clip_len": cfg.model.num_frames, "train": train, "epoch": 0,
+                **{k: getattr(cfg.data, k) for k in CLIP_FIELDS}}
+    shards = []
+    for i in range(math.ceil(len(chosen.records) / per)):
+        items = [_item(r) for r in chosen.records[i * per:(i + 1) * per]]
+        fingerprint = hashlib.sha256(json.dumps([items, sampling], sort_keys=True)
+                                     .encode()).hexdigest()[:16]
+        shards.append({"shard": i, "file": f"shard-{i:05d}.parquet", "fingerprint": fingerprint,
+                       "items": json.dumps(items)})
+    todo = [s for s in shards if not _shard_done(fs, base, s)]
+    if todo:
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        ds.map(_write_shard, num_cpus=cfg.run.ingest_cpus, num_gpus=0,
+               fn_kwargs={"folder": folder, "data": cfg.data, "clip_len": cfg.model.num_frames,
+                          "train": train}).take_all()
+
+    summaries = [_read_json(fs, posixpath.join(base, _sidecar(s["file"]))) for s in shards]
+    bad = [(p, r) for s in summaries for p, r in s["bad"]]
+    previous = _read_json(fs, posixpath.join(base, MANIFEST_FILE)) or {}
+    runs = previous.get("runs", []) + [{"written": len(todo), "skipped": len(shards) - len(todo)}]
+    manifest = {"split": split, "class_map": f"../{CLASS_MAP_FILE}", "sampling": sampling,
+                "columns": CLIP_COLUMNS, "videos": len(chosen.records),
+                "clips": sum(s["clips"] for s in summaries),
+                "shards": [{"file": s["file"], "videos": x["videos"], "clips": x["clips"]}
+                           for s, x in zip(shards, summaries)],
+                "runs": runs}
+    _write_json(fs, posixpath.join(base, MANIFEST_FILE), manifest)
+    report = IngestReport(split, "parquet", videos=len(chosen.records),
+                          good=len(chosen.records) - len(bad), clips=manifest["clips"], bad=bad,
+                          rejected=chosen.rejected, seconds=time.perf_counter() - start)
+    _write_json(fs, posixpath.join(base, REPORT_FILE), report.to_dict())
+    return folder
+
+
+def read_shards(folder: str) -> ray.data.Dataset:
+    """The clips of a materialised split (the shards the manifest lists, nothing half-written)."""
+    fs, base = _filesystem(folder)
+    manifest = _read_json(fs, posixpath.join(base, MANIFEST_FILE))
+    if manifest is None:
+        raise FileNotFoundError(f"{folder}: no {MANIFEST_FILE}; run `aim-video ingest` first")
+    files = [_join(folder, s["file"]) for s in manifest["shards"] if s["clips"]]
+    if not files:
+        raise ValueError(f"{folder}: the manifest lists no clips (see {REPORT_FILE})")
+    return ray.data.read_parquet(files).select_columns(CLIP_COLUMNS)
+
+
+def read_report(folder: str) -> IngestReport:
+    fs, base = _filesystem(folder)
+    data = _read_json(fs, posixpath.join(base, REPORT_FILE))
+    if data is None:
+        raise FileNotFoundError(f"{folder}: no {REPORT_FILE}")
+    data["bad"] = [(b["path"], b["reason"]) for b in data["bad"]]
+    data["rejected"] = [(b["path"], b["reason"]) for b in data["rejected"]]
+    return IngestReport(**data)
+
+
+def _write_shard(spec: dict[str, Any], *, folder: str, data: DataConfig, clip_len: int,
+                 train: bool) -> dict[str, Any]:
+    """Decode one shard's videos and write them: summary first, then the Parquet file by rename,
+    so a shard file that exists is always complete."""
+    items = json.loads(spec["items"])
+    batch = {k: np.array([it[k] for it in items], dtype=object) for k in ("video_id", "path")}
+    batch["label"] = np.array([it["label"] for it in items], np.int64)
+    clips, errors = _decode_batch(batch, data, clip_len, train, epoch=0)
+    fs, base = _filesystem(folder)
+    _write_json(fs, posixpath.join(base, _sidecar(spec["file"])),
+                {"fingerprint": spec["fingerprint"], "videos": len(items), "clips": len(clips),
+                 "bad": errors})
+    final = posixpath.join(base, spec["file"])
+    tmp = posixpath.join(base, f".{spec['file']}.{uuid.uuid4().hex}.tmp")
+    with fs.open_output_stream(tmp) as f:
+        pq.write_table(_table(clips), f)
+    fs.move(tmp, final)
+    return {"shard": spec["shard"], "clips": len(clips)}
+
+
+def _shard_done(fs: pafs.FileSystem, base: str, spec: dict[str, Any]) -> bool:
+    if fs.get_file_info(posixpath.join(base, spec["file"])).type != pafs.FileType.File:
+        return False
+    summary = _read_json(fs, posixpath.join(base, _sidecar(spec["file"])))
+    return summary is not None and summary.get("fingerprint") == spec["fingerprint"]
+
+
+def _sidecar(file: str) -> str:
+    return file.replace(".parquet", ".json")
+
+
+def _table(clips: list[dict[str, Any]]) -> pa.Table:
+    from ray.data.extensions import ArrowTensorArray
+
+    cols = _columns(clips) if clips else None
+    if cols is None:  # an all-bad shard: an empty file keeps "exists means done" true
+        return pa.table({"video_id": pa.array([], pa.string()), "path": pa.array([], pa.string()),
+                         "label": pa.array([], pa.int64()), "view": pa.array([], pa.int32())})
+    return pa.table({"video_id": pa.array(list(cols["video_id"]), pa.string()),
+                     "path": pa.array(list(cols["path"]), pa.string()),
+                     "label": pa.array(cols["label"], pa.int64()),
+                     "view": pa.array(cols["view"], pa.int32()),
+                     "frames": ArrowTensorArray.from_numpy(cols["frames"])})
+
+
+# ----------------------------------------------------------------------------------------------
+# The CLI backend
+# ----------------------------------------------------------------------------------------------
+
+def default_output_dir(cfg: Config) -> str:
+    return cfg.data.shards_dir or _join(cfg.run.storage_path, f"{cfg.run.name}/data")
+
+
+def run_ingest(cfg: Config, out_dir: str | None = None) -> dict[str, IngestReport]:
+    """``aim-video ingest``: both splits in ``data.mode``; class map and report saved in
+    ``out_dir`` (default ``data.shards_dir`` or ``<storage_path>/<name>/data``)."""
+    out = out_dir or default_output_dir(cfg)
+    reports: dict[str, IngestReport] = {}
+    class_map = _load_or_none(_join(out, CLASS_MAP_FILE))
+    for split in ("train", "val"):
+        if cfg.data.mode == "parquet":
+            reports[split] = read_report(materialize(cfg, split, out, class_map=class_map))
+            class_map = ClassMap.load(_join(out, CLASS_MAP_FILE))
+        else:
+            result = build_dataset(cfg, split, train=split == "train", class_map=class_map)
+            class_map, reports[split] = result.class_map, result.report
+            class_map.save(_join(out, CLASS_MAP_FILE))
+        print(reports[split].summary(), flush=True)
+    fs, base = _filesystem(out)
+    _write_json(fs, posixpath.join(base, REPORT_FILE), {k: r.to_dict() for k, r in reports.items()})
+    return reports
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding shared by both modes
+# ----------------------------------------------------------------------------------------------
+
+def _decode_batch(batch: dict[str, np.ndarray], data: DataConfig, clip_len: int, train: bool,
+                  epoch: int) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Clips (one per view) of every readable video in ``batch``, and ``(path, reason)`` of the rest.
+
+    Indices come from ``(seed, epoch, video_id)`` so a video's clip does not depend on which task
+    or batch it lands in. All views of a video are decoded in one pass.
+    """
+    clips, errors = [], []
+    known = batch.get("num_frames")
+    for i, (video_id, path) in enumerate(zip(batch["video_id"], batch["path"])):
+        video_id, path = str(video_id), str(path)
+        rng = np.random.default_rng([data.seed, epoch, zlib.crc32(video_id.encode())])
+        try:
+            with _open(path) as source:
+                n = int(known[i]) if known is not None else probe_video(source).num_frames
+                views = clip_indices(data, n, clip_len, train=train, rng=rng)
+                frames = decode_frames(source, [j for v in views for j in v],
+                                       short_side=data.short_side, threads=data.decode_threads)
+        except Exception as exc:  # report and move on; one bad file must not cost the others
+            errors.append((path, _reason(exc, path)))
+            continue
+        for view, clip in enumerate(frames.reshape(len(views), clip_len, *frames.shape[1:])):
+            clips.append({"video_id": video_id, "path": path, "label": int(batch["label"][i]),
+                          "view": view, "frames": clip})
+    return clips, errors
+
+
+def _columns(clips: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    shapes = {c["frames"].shape for c in clips}
+    if len(shapes) == 1:
+        frames = np.stack([c["frames"] for c in clips])
+    else:  # different aspect ratios: a variable-shaped tensor column
+        frames = np.empty(len(clips), dtype=object)
+        frames[:] = [c["frames"] for c in clips]
+    return {"video_id": np.array([c["video_id"] for c in clips], dtype=object),
+            "path": np.array([c["path"] for c in clips], dtype=object),
+            "label": np.array([c["label"] for c in clips], np.int64),
+            "view": np.array([c["view"] for c in clips], np.int32),
+            "frames": frames}
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    """The error message without the path it repeats (the report pairs them anyway)."""
+    text = str(exc).removeprefix(f"{path}: ")
+    return text if isinstance(exc, VideoDecodeError) else f"{type(exc).__name__}: {text}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Files (local paths or URIs)
+# ----------------------------------------------------------------------------------------------
+
+class _open:
+    """A local path as is (PyAV reads it fastest), a URI as a seekable pyarrow file."""
+
+    def __init__(self, path: str):
+        self.path, self._file = path, None
+
+    def __enter__(self) -> Any:
+        if "://" not in self.path:
+            if not os.path.isfile(self.path):
+                raise FileNotFoundError(f"no such file: {self.path}")
+            if os.path.getsize(self.path) == 0:
+                raise VideoDecodeError(f"{self.path}: empty file")
+            return self.path
+        fs, p = pafs.FileSystem.from_uri(self.path)
+        self._file = fs.open_input_file(p)
+        if self._file.size() == 0:
+            raise VideoDecodeError(f"{self.path}: empty file")
+        return self._file
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def _join(base: str, rel: str) -> str:
+    return base.rstrip("/") + "/" + rel if "://" in base else os.path.join(base, rel)
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> Any:
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def _write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write((json.dumps(data, indent=1) + "\n").encode())
+
+
+def _load_or_none(path: str) -> ClassMap | None:
+    fs, p = _filesystem(path)
+    return ClassMap.load(path) if fs.get_file_info(p).type == pafs.FileType.File else None
+
+
+def _item(record: VideoRecord) -> dict[str, Any]:
+    return {"video_id": record.video_id, "path": record.path, "label": record.label}
+
+
+def _blocks(n: int, per_task: int) -> int:
+    return max(1, math.ceil(n / per_task))

@@ -1,0 +1,177 @@
+"""Specification of aim_core.transforms: shapes, CLIP normalisation, one augmentation per clip."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from aim_core.config import DataConfig
+from aim_core.transforms import (CLIP_MEAN, CLIP_STD, build_test_transform, build_train_transform,
+                                 crop_origins, normalize, parse_rand_augment, to_tchw)
+
+ALL_AUGMENTATIONS = DataConfig(horizontal_flip=True, rand_augment="rand-m7-n4-mstd0.5-inc1",
+                               random_erasing=1.0)
+
+
+def constant_clip(rgb: tuple[int, int, int], t: int = 4, h: int = 40, w: int = 60) -> np.ndarray:
+    return np.broadcast_to(np.array(rgb, np.uint8), (t, h, w, 3)).copy()
+
+
+def ramp_clip(t: int = 4, h: int = 40, w: int = 60) -> np.ndarray:
+    """Brightness grows left to right: a horizontal flip reverses the ramp."""
+    row = np.linspace(0, 255, w).astype(np.uint8)
+    return np.broadcast_to(row[None, None, :, None], (t, h, w, 3)).copy()
+
+
+def expected_normalised(rgb: tuple[int, int, int]) -> torch.Tensor:
+    return torch.tensor([(v - m) / s for v, m, s in zip(rgb, CLIP_MEAN, CLIP_STD)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation and layout
+# ----------------------------------------------------------------------------------------------
+
+def test_clip_statistics_are_on_the_0_255_scale() -> None:
+    assert CLIP_MEAN == (122.769, 116.74, 104.04)
+    assert CLIP_STD == (68.493, 66.63, 70.321)
+
+
+def test_normalize_a_constant_colour() -> None:
+    out = normalize(to_tchw(constant_clip((200, 100, 50))))
+    assert out.dtype == torch.float32 and out.shape == (4, 3, 40, 60)
+    assert torch.allclose(out[0, :, 0, 0], expected_normalised((200, 100, 50)), atol=1e-6)
+    assert out.std(dim=(0, 2, 3)).max() == 0
+
+
+def test_to_tchw_accepts_numpy_and_torch_and_refuses_other_layouts() -> None:
+    clip = constant_clip((1, 2, 3))
+    assert to_tchw(clip).shape == to_tchw(torch.from_numpy(clip)).shape == (4, 3, 40, 60)
+    with pytest.raises(ValueError, match="shape"):
+        to_tchw(clip.transpose(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="uint8"):
+        to_tchw(clip.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training transform
+# ----------------------------------------------------------------------------------------------
+
+def test_train_output_is_float_c_t_h_w() -> None:
+    out = build_train_transform(ALL_AUGMENTATIONS, 32)(constant_clip((10, 20, 30), t=8))
+    assert out.shape == (3, 8, 32, 32) and out.dtype == torch.float32
+
+
+def test_train_without_colour_augmentation_keeps_a_constant_colour() -> None:
+    transform = build_train_transform(DataConfig(horizontal_flip=True), 32)
+    out = transform(constant_clip((200, 100, 50)))
+    expected = expected_normalised((200, 100, 50))[:, None, None, None].expand_as(out)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_train_augmentation_is_the_same_for_every_frame() -> None:
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
+    clip = np.repeat(frame, 8, axis=0)
+    transform = build_train_transform(ALL_AUGMENTATIONS, 32)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = transform(clip)
+        assert torch.equal(out, out[:, :1].expand_as(out)), f"frames differ (seed {seed})"
+
+
+def test_train_transform_draws_different_crops_per_call() -> None:
+    transform = build_train_transform(DataConfig(horizontal_flip=False), 32)
+    clip = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    assert not torch.equal(transform(clip), transform(clip))
+
+
+def _flipped(out: torch.Tensor) -> bool:
+    return bool(out[0, :, :, 0].mean() > out[0, :, :, -1].mean())
+
+
+def test_flip_disabled_never_flips() -> None:
+    transform = build_train_transform(DataConfig(horizontal_flip=False), 32)
+    torch.manual_seed(0)
+    assert not any(_flipped(transform(ramp_clip())) for _ in range(100))
+
+
+def test_flip_enabled_flips_about_half_the_time() -> None:
+    transform = build_train_transform(DataConfig(horizontal_flip=True), 32)
+    torch.manual_seed(0)
+    flips = sum(_flipped(transform(ramp_clip())) for _ in range(100))
+    assert 30 <= flips <= 70
+
+
+def test_random_erasing_fills_a_box_with_the_mean() -> None:
+    transform = build_train_transform(DataConfig(horizontal_flip=False, random_erasing=1.0), 32)
+    torch.manual_seed(0)
+    out = transform(constant_clip((250, 250, 250)))
+    erased = (out == 0).all(dim=(0, 1))
+    assert 0 < erased.float().mean() < 1
+
+
+def test_train_transform_pickles_for_data_loader_workers() -> None:
+    transform = pickle.loads(pickle.dumps(build_train_transform(ALL_AUGMENTATIONS, 32)))
+    assert transform(constant_clip((1, 2, 3))).shape == (3, 4, 32, 32)
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("rand-m7-n4-mstd0.5-inc1", {"num_ops": 4, "magnitude": 7, "num_magnitude_bins": 11}),
+    ("rand-m9-mstd0.5", {"num_ops": 2, "magnitude": 9, "num_magnitude_bins": 11}),
+    ("rand-m15-n1", {"num_ops": 1, "magnitude": 10, "num_magnitude_bins": 11}),
+])
+def test_parse_timm_rand_augment_strings(spec: str, expected: dict[str, int]) -> None:
+    assert parse_rand_augment(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["augmix-m5", "rand-x3", "rand-m"])
+def test_bad_rand_augment_strings_name_the_field(spec: str) -> None:
+    with pytest.raises(ValueError, match="data.rand_augment"):
+        parse_rand_augment(spec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Test transform
+# ----------------------------------------------------------------------------------------------
+
+def test_test_single_centre_crop_shape_and_values() -> None:
+    out = build_test_transform(DataConfig(test_crops=1), 32)(constant_clip((200, 100, 50)))
+    assert out.shape == (1, 3, 4, 32, 32) and out.dtype == torch.float32
+    expected = expected_normalised((200, 100, 50))[:, None, None, None].expand_as(out[0])
+    assert torch.allclose(out[0], expected, atol=1e-5)
+
+
+def test_test_centre_crop_takes_the_middle_of_the_long_side() -> None:
+    clip = ramp_clip(h=40, w=80)  # resized to 32x64, centre crop covers columns 16..47
+    out = build_test_transform(DataConfig(test_crops=1), 32)(clip)
+    centre = float(out[0, 0, 0].mean() * CLIP_STD[0] + CLIP_MEAN[0])
+    assert centre == pytest.approx(127.5, abs=3)
+
+
+def test_three_crops_cover_left_centre_right_of_a_wide_clip() -> None:
+    out = build_test_transform(DataConfig(test_crops=3), 32)(ramp_clip(h=40, w=80))
+    assert out.shape == (3, 3, 4, 32, 32)
+    means = [float(view[0].mean()) for view in out]
+    assert means[0] < means[1] < means[2]
+    # left starts at column 0 (dark), right ends at the last column (bright)
+    assert out[0, 0, 0, :, 0].mean() * CLIP_STD[0] + CLIP_MEAN[0] < 8
+    assert out[2, 0, 0, :, -1].mean() * CLIP_STD[0] + CLIP_MEAN[0] > 247
+
+
+def test_three_crops_go_top_centre_bottom_on_a_tall_clip() -> None:
+    tall = ramp_clip(h=40, w=80).transpose(0, 2, 1, 3).copy()  # brightness grows top to bottom
+    out = build_test_transform(DataConfig(test_crops=3), 32)(tall)
+    means = [float(view[0].mean()) for view in out]
+    assert means[0] < means[1] < means[2]
+
+
+def test_crop_origins() -> None:
+    assert crop_origins(224, 298, 224, 1) == [(0, 37)]
+    assert crop_origins(224, 298, 224, 3) == [(0, 0), (0, 37), (0, 74)]
+    assert crop_origins(298, 224, 224, 3) == [(0, 0), (37, 0), (74, 0)]
+    with pytest.raises(ValueError):
+        crop_origins(224, 224, 224, 2)

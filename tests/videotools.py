@@ -1,0 +1,110 @@
+"""Small real MP4s for tests: frames that encode their own index, written with PyAV.
+
+Frame ``i`` is mid-grey with its index written in binary as eight black/white columns across the
+bottom half (least significant bit on the left) and a white marker block in the top-left corner, so
+a decoded frame tells which frame it is (robust to codec noise and resizing) and which way up it is.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+BITS = 8  # indices 0..255
+
+
+def index_frames(num_frames: int, height: int, width: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames carrying their index in binary, with an orientation marker."""
+    if num_frames > 2 ** BITS:
+        raise ValueError(f"at most {2 ** BITS} frames can encode their index")
+    frames = np.full((num_frames, height, width, 3), 128, np.uint8)
+    frames[:, : height // 4, : width // 4] = 255
+    edges = [width * bit // BITS for bit in range(BITS + 1)]
+    for i in range(num_frames):
+        for bit in range(BITS):
+            frames[i, height // 2:, edges[bit]:edges[bit + 1]] = 255 if (i >> bit) & 1 else 0
+    return frames
+
+
+def read_index(frame: np.ndarray) -> int:
+    """The index a frame of :func:`index_frames` encodes (any size: it may have been resized)."""
+    h, w = frame.shape[:2]
+    column = w / BITS
+    rows = frame[h * 5 // 8: h * 7 // 8]
+    index = 0
+    for bit in range(BITS):
+        lo, hi = int(bit * column + column / 4), int((bit + 1) * column - column / 4)
+        if np.median(rows[:, lo:max(hi, lo + 1)]) > 127:
+            index |= 1 << bit
+    return index
+
+
+def marker_at_top_left(frame: np.ndarray) -> bool:
+    """True when the white marker is in the top-left corner and the top-right is plain grey."""
+    h, w = frame.shape[:2]
+    top_left = float(np.median(frame[: h // 8, : w // 8]))
+    top_right = float(np.median(frame[: h // 8, -(w // 8):]))
+    return top_left > 200 and abs(top_right - 128) < 40
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 30, codec: str = "libx264",
+                pix_fmt: str = "yuv420p", gop: int | None = None, rotation: int | None = None,
+                pts_steps: list[int] | None = None) -> Path:
+    """Encode uint8 RGB ``(T, H, W, 3)`` frames to ``path``; returns the path.
+
+    ``gop`` fixes the keyframe interval (scene-cut keyframes off); ``rotation`` writes a display
+    matrix (counter-clockwise degrees, as players rotate the coded frames); ``pts_steps`` gives
+    per-frame timestamp increments in 1/(fps*6) s units to make a variable-frame-rate file.
+    """
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+            if codec.startswith("libx264"):
+                stream.options = {"sc_threshold": "0"}
+        if pix_fmt.startswith("gray"):
+            # swscale makes full-range grey; say so, or decoders read it as limited-range video.
+            stream.codec_context.color_range = av.video.reformatter.ColorRange.JPEG
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        time_base = Fraction(1, fps * 6)
+        pts = 0
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            if pts_steps is not None:
+                frame.pts, frame.time_base = pts, time_base
+                pts += pts_steps[i % len(pts_steps)]
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_audio_only(path: str | Path, seconds: float = 0.5, codec: str = "aac") -> Path:
+    """An audio-only file (silence), e.g. ``.m4a``: a media file with no video stream."""
+    path = Path(path)
+    rate = 16000
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        samples = stream.codec_context.frame_size or 1024
+        for k in range(int(seconds * rate) // samples + 1):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), np.float32), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = rate, k * samples
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def keyframe_indices(path: str | Path) -> list[int]:
+    """Presentation indices of the keyframes, to check a test file has the GOP it claims."""
+    with av.open(str(path)) as container:
+        return [i for i, frame in enumerate(container.decode(video=0)) if frame.key_frame]
