@@ -1,0 +1,284 @@
+"""Multi-view evaluation: temporal clips x spatial crops per video, probabilities averaged.
+
+The views follow the config: ``data.test_clips`` temporal clips
+(:func:`aim_core.video.clip_indices`) times ``data.test_crops`` spatial crops
+(:func:`aim_core.transforms.build_test_transform`), the paper's 3x1 for Kinetics and 1x3 for
+SSv2. Two ways in:
+
+- a list of records or paths, decoded here with PyAV in one process (``aim-video predict``, small
+  validation sets, notebooks);
+- a Ray Dataset of test views from :mod:`pipelines.ingest` (rows ``video_id, label, view,
+  frames``: one temporal clip each), for large sets where decoding must be spread over a cluster.
+
+A video that cannot be decoded is skipped and listed under ``failed`` in the result; it does not
+count as a wrong prediction, and it does not stop the evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import numpy as np
+import torch
+
+from aim_core.annotations import VideoRecord
+from aim_core.config import Config
+from aim_core.metrics import ClassificationMeter
+from aim_core.transforms import build_test_transform
+from aim_core.video import VideoDecodeError, clip_indices, decode_frames, probe_video
+
+log = logging.getLogger(__name__)
+
+Labelled = Union[VideoRecord, tuple[str, int]]
+EVAL_FILE = "eval.json"
+CONFUSION_FILE = "confusion.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# One video
+# ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def open_video(path: str) -> Iterator[Any]:
+    """A local path as is (PyAV reads it fastest); a URI (s3://, gs://) as a seekable file."""
+    if "://" not in path:
+        yield path
+        return
+    import pyarrow.fs as pafs
+
+    try:
+        fs, p = pafs.FileSystem.from_uri(path)
+        handle = fs.open_input_file(p)
+    except Exception as exc:  # pyarrow raises several types for missing/unreachable objects
+        raise VideoDecodeError(f"{path}: cannot open ({exc})") from exc
+    with handle:
+        yield handle
+
+
+def load_views(path: str | os.PathLike[str], cfg: Config,
+               transform: Callable[[np.ndarray], torch.Tensor] | None = None) -> torch.Tensor:
+    """All test views of one video: float ``(clips * crops, 3, T, H, W)``, CLIP-normalised.
+
+    Raises :class:`VideoDecodeError` when the file cannot be read as video.
+    """
+    transform = transform or build_test_transform(cfg.data, cfg.model.image_size)
+    t = cfg.model.num_frames
+    with open_video(os.fspath(path)) as source:
+        n = probe_video(source).num_frames
+        clips = clip_indices(cfg.data, n, t, train=False)
+        frames = decode_frames(source, [i for clip in clips for i in clip],
+                               short_side=cfg.data.short_side, threads=cfg.data.decode_threads)
+    views = [transform(frames[k * t:(k + 1) * t]) for k in range(len(clips))]
+    return torch.cat(views)  # (clips, crops, ...) -> (clips * crops, ...)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and precision == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def view_probabilities(model: torch.nn.Module, views: torch.Tensor, cfg: Config,
+                       device: torch.device | None = None) -> torch.Tensor:
+    """Softmax probabilities ``(V, num_classes)`` of a stack of views, in batches, in float32."""
+    device = device or next(model.parameters()).device
+    batch = max(1, cfg.optim.per_device_batch)
+    out = []
+    with _autocast(device, cfg.optim.precision):
+        for part in views.split(batch):
+            out.append(model(part.to(device, non_blocking=True)).float().softmax(dim=-1).cpu())
+    return torch.cat(out)
+
+
+def predict_video(model: torch.nn.Module, cfg: Config, path: str | os.PathLike[str],
+                  device: torch.device | None = None) -> torch.Tensor:
+    """Class probabilities ``(num_classes,)`` of one video: the mean over its test views."""
+    return view_probabilities(model, load_views(path, cfg), cfg, device).mean(dim=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Many videos
+# ----------------------------------------------------------------------------------------------
+
+def _path_label(item: Labelled) -> tuple[str, int]:
+    if isinstance(item, VideoRecord):
+        return item.path, item.label
+    path, label = item
+    return os.fspath(path), int(label)
+
+
+def _result(meter: ClassificationMeter, class_names: Sequence[str], cfg: Config,
+            failed: list[tuple[str, str]]) -> dict[str, Any]:
+    if meter.count == 0:
+        raise ValueError(f"no video could be evaluated ({len(failed)} failed: {failed[:3]})")
+    return {**meter.compute(), "class_names": list(class_names), "num_videos": meter.count,
+            "views": {"clips": cfg.data.test_clips, "crops": cfg.data.test_crops},
+            "failed": [list(f) for f in failed]}
+
+
+def evaluate_records(model: torch.nn.Module, cfg: Config, records: Iterable[Labelled],
+                     class_names: Sequence[str], device: torch.device | None = None
+                     ) -> dict[str, Any]:
+    """Decode and score each video in this process (see module docstring)."""
+    model.eval()
+    transform = build_test_transform(cfg.data, cfg.model.image_size)
+    meter = ClassificationMeter(len(class_names))
+    failed: list[tuple[str, str]] = []
+    for item in records:
+        path, label = _path_label(item)
+        try:
+            views = load_views(path, cfg, transform)
+        except VideoDecodeError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            failed.append((path, str(exc)))
+            continue
+        probs = view_probabilities(model, views, cfg, device).mean(dim=0, keepdim=True)
+        meter.update(probs, torch.tensor([label]))
+    return _result(meter, class_names, cfg, failed)
+
+
+def _writable(frames: Any) -> np.ndarray:
+    """Arrow-backed batches are read-only; torch warns on (and must not write to) those."""
+    frames = np.asarray(frames, dtype=np.uint8)
+    return frames if frames.flags.writeable else frames.copy()
+
+
+def evaluate_dataset(model: torch.nn.Module, cfg: Config, dataset: Any,
+                     class_names: Sequence[str], device: torch.device | None = None,
+                     failed: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Score a Ray Dataset of test views (``pipelines.ingest`` rows, one temporal clip each).
+
+    Views of a video may arrive in any order and any batch; probabilities are summed per
+    ``video_id`` and averaged at the end. ``failed`` passes on the ingest report's bad files.
+    """
+    model.eval()
+    transform = build_test_transform(cfg.data, cfg.model.image_size)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    labels: dict[str, int] = {}
+    batch = max(1, cfg.optim.per_device_batch)
+    for rows in dataset.iter_batches(batch_size=batch, batch_format="numpy"):
+        views = torch.stack([transform(_writable(f)) for f in rows["frames"]])
+        crops = views.shape[1]
+        probs = view_probabilities(model, views.flatten(0, 1), cfg, device)
+        probs = probs.reshape(len(views), crops, -1).sum(dim=1)
+        for video_id, label, p in zip(rows["video_id"], rows["label"], probs):
+            video_id = str(video_id)
+            sums[video_id] = sums.get(video_id, 0) + p
+            counts[video_id] = counts.get(video_id, 0) + crops
+            labels[video_id] = int(label)
+    meter = ClassificationMeter(len(class_names))
+    if sums:
+        ids = sorted(sums)
+        meter.update(torch.stack([sums[i] / counts[i] for i in ids]),
+                     torch.tensor([labels[i] for i in ids]))
+    return _result(meter, class_names, cfg, list(failed))
+
+
+def evaluate(model: torch.nn.Module, cfg: Config, data: Any, class_names: Sequence[str],
+             device: torch.device | None = None) -> dict[str, Any]:
+    """Multi-view metrics of ``model`` on ``data``: records / ``(path, label)`` pairs, or a Ray
+    Dataset of test views. Returns :meth:`ClassificationMeter.compute` plus ``class_names``,
+    ``num_videos``, ``views`` and ``failed`` (``[path, reason]`` of skipped videos)."""
+    if hasattr(data, "iter_batches"):
+        return evaluate_dataset(model, cfg, data, class_names, device)
+    return evaluate_records(model, cfg, data, class_names, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+# ----------------------------------------------------------------------------------------------
+
+def summary(metrics: dict[str, Any]) -> str:
+    views = metrics.get("views", {})
+    return (f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+            f"mean class {100 * metrics['mean_class_acc']:.2f}%  on {metrics['num_videos']} videos "
+            f"({views.get('clips', '?')} clip(s) x {views.get('crops', '?')} crop(s))"
+            + (f", {len(metrics['failed'])} unreadable" if metrics.get("failed") else ""))
+
+
+def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """``eval.json`` and ``confusion.png`` in ``out_dir``; returns both paths."""
+    from pipelines.tracking import plot_confusion
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / EVAL_FILE
+    json_path.write_text(json.dumps(metrics, indent=1) + "\n")
+    png = plot_confusion(metrics["confusion"], metrics["class_names"], out / CONFUSION_FILE)
+    return json_path, png
+
+
+def log_report(run_id: str, metrics: dict[str, Any], files: Sequence[Path],
+               prefix: str = "eval") -> None:
+    """Attach the evaluation to an existing MLflow run (``eval_top1`` ... and ``eval/`` files)."""
+    from pipelines.tracking import log_epoch, log_figure
+
+    scalars = {f"{prefix}_{k}": metrics[k] for k in ("top1", "top5", "mean_class_acc")}
+    log_epoch(scalars, 0, run_id=run_id)
+    for path in files:
+        log_figure(path, prefix, run_id=run_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# aim-video eval
+# ----------------------------------------------------------------------------------------------
+
+def run_eval(cfg: Config, model_ref: str, out_dir: str | Path, engine: str = "local"
+             ) -> dict[str, Any]:
+    """Evaluate a model on ``cfg``'s val split; write the report; log it to the model's run.
+
+    The architecture (frames, image size, classes) comes from the model's own config, the data and
+    test views from ``cfg``. Labels are indexed with the model's class names, so a data folder that
+    gained or reordered classes cannot shift them.
+    """
+    from dataclasses import replace
+
+    from aim_core.annotations import ClassMap, load_split
+    from pipelines.tracking import configure, is_mlflow_uri, resolve_model, source_run_id
+
+    configure(cfg)
+    device = default_device()
+    model, model_cfg, class_names = resolve_model(model_ref, device=device)
+    ecfg = replace(cfg, model=model_cfg.model)
+    class_map = ClassMap(class_names) if class_names else None
+    if engine == "ray":
+        from pipelines.ingest import build_dataset
+
+        ingested = build_dataset(ecfg, "val", train=False, class_map=class_map)
+        data, names, failed = ingested.dataset, ingested.class_map.names, ingested.report.bad
+        rejected = ingested.report.rejected
+    else:
+        split = load_split(ecfg.data, "val", class_map)
+        data, names, failed, rejected = split.records, split.class_map.names, [], split.rejected
+    if len(names) != model_cfg.model.num_classes:
+        raise ValueError(f"the data has {len(names)} classes, the model "
+                         f"{model_cfg.model.num_classes} (and no class names to match them by)")
+    if rejected:
+        log.warning("%d annotated videos left out (label not in the model's classes or file "
+                    "missing), e.g. %s", len(rejected), rejected[0])
+    if engine == "ray":
+        metrics = evaluate_dataset(model, ecfg, data, names, device, failed)
+    else:
+        metrics = evaluate_records(model, ecfg, data, names, device)
+    metrics["model"] = str(model_ref)
+    metrics["split"] = "val"
+    files = write_report(metrics, out_dir)
+    run_id = source_run_id(model_ref) if is_mlflow_uri(model_ref) else None
+    if run_id:
+        log_report(run_id, metrics, files)
+        metrics["logged_to_run"] = run_id
+    return metrics
