@@ -236,6 +236,19 @@ def _from_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def to_clip_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our frozen-ViT keys back to CLIP's vision-tower names (the inverse of ``_from_clip``)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("patch_embed."):
+            out[key[len("patch_embed."):]] = value
+        elif key.startswith("blocks."):
+            out["transformer.resblocks." + key[len("blocks."):]] = value
+        elif key.startswith(("ln_pre.", "ln_post.")):
+            out[key] = value
+    return out
+
+
 def _from_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     rename = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv.weight": "attn.in_proj_weight",
               "attn.qkv.bias": "attn.in_proj_bias", "attn.proj": "attn.out_proj",

@@ -135,6 +135,8 @@ class DataConfig:
     test_clips: int = 3                     # temporal views at test time
     test_crops: int = 1                     # spatial views at test time (1 centre or 3 crops)
     short_side: int = 256                   # resize at decode time
+    # Random-resized-crop area range in training; the released configs use (0.08, 1).
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     horizontal_flip: bool = True            # never for direction-dependent classes
     rand_augment: str | None = None         # timm string, e.g. "rand-m7-n4-mstd0.5-inc1"
     random_erasing: float = 0.0
@@ -155,6 +157,8 @@ class DataConfig:
         _check(self.test_clips > 0, f"{path}.test_clips", "a positive integer", self.test_clips)
         _check(self.test_crops in (1, 3), f"{path}.test_crops", "1 or 3", self.test_crops)
         _check(self.short_side > 0, f"{path}.short_side", "a positive integer", self.short_side)
+        _check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+               f"{path}.crop_scale", "[low, high] with 0 < low <= high <= 1", self.crop_scale)
         _check(0 <= self.random_erasing <= 1, f"{path}.random_erasing", "a probability in [0, 1]",
                self.random_erasing)
         _check(0 <= self.label_smoothing < 1, f"{path}.label_smoothing", "a number in [0, 1)",

@@ -148,7 +148,7 @@ class TestTransform:
 
 
 def build_train_transform(cfg: DataConfig, image_size: int, *,
-                          crop_scale: tuple[float, float] = TRAIN_CROP_SCALE
+                          crop_scale: tuple[float, float] | None = None
                           ) -> Callable[[Clip], torch.Tensor]:
     """uint8 ``(T, H, W, 3)`` -> float ``(3, T, image_size, image_size)``, augmented.
 
@@ -156,7 +156,8 @@ def build_train_transform(cfg: DataConfig, image_size: int, *,
     "left to right"), RandAugment when ``cfg.rand_augment`` is a timm string, random erasing with
     probability ``cfg.random_erasing``. Picklable, so it can travel to data-loading workers.
     """
-    return TrainTransform(cfg, image_size, crop_scale=crop_scale)
+    scale = crop_scale or (tuple(cfg.crop_scale) if cfg.crop_scale else TRAIN_CROP_SCALE)
+    return TrainTransform(cfg, image_size, crop_scale=scale)
 
 
 def build_test_transform(cfg: DataConfig, image_size: int) -> Callable[[Clip], torch.Tensor]:

@@ -57,6 +57,207 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# ----------------------------------------------------------------------------------------------
+# synth, ingest
+# ----------------------------------------------------------------------------------------------
+
+def _synth_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="folder to write videos/, train.txt, val.txt, class_map.json")
+    parser.add_argument("--videos-per-class", type=int, default=40)
+    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", nargs="+", help="class names (default: the demo's six)")
+
+
+@command("synth", "write the synthetic temporal-order video set (real H.264 MP4s)", _synth_args)
+def _synth(args: argparse.Namespace) -> int:
+    from pipelines.synthetic import DEFAULT_CLASSES, generate_synthetic
+
+    out = generate_synthetic(args.out, videos_per_class=args.videos_per_class, size=args.size,
+                             frames=args.frames, fps=args.fps, seed=args.seed,
+                             classes=args.classes or DEFAULT_CLASSES)
+    print(f"wrote {out}/videos ({args.videos_per_class} videos per class), train.txt, val.txt, "
+          f"labels.txt, class_map.json")
+    return 0
+
+
+def _ingest_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--out", help="output folder (default: data.shards_dir, else "
+                        "<run.storage_path>/<run.name>/data)")
+
+
+@command("ingest", "decode and sample the data set on Ray; Parquet shards in parquet mode, a "
+         "scan and report in stream mode", _ingest_args)
+def _ingest(args: argparse.Namespace) -> int:
+    from pipelines.ingest import run_ingest
+    from pipelines.train import absolute_paths, ensure_ray
+
+    ensure_ray()
+    run_ingest(absolute_paths(load_config(args)), args.out)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# train, demo
+# ----------------------------------------------------------------------------------------------
+
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run named run.name from its last checkpoint")
+    parser.add_argument("--register", metavar="NAME",
+                        help="register the trained model in the MLflow Model Registry")
+    parser.add_argument("--alias", default="champion", help="registry alias (default: champion)")
+
+
+@command("train", "train on Ray Train, evaluate, track in MLflow, optionally register", _train_args)
+def _train(args: argparse.Namespace) -> int:
+    from pipelines.train import run_training
+
+    cfg = load_config(args)
+    run_training(cfg, resume=args.resume, register_as=args.register or cfg.run.register_as,
+                 alias=args.alias)
+    return 0
+
+
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default="demo_data",
+                        help="where the synthetic videos and tiny backbone go (default: %(default)s)")
+    parser.add_argument("--config", default=None, help="demo config (default: the embedded one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config field (repeatable)")
+    parser.add_argument("--videos-per-class", type=int, default=40)
+
+
+@command("demo", "the embedded default end to end: synthetic videos, AIM vs frozen space-only, "
+         "registry", _demo_args)
+def _demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import DEMO_CONFIG, run_demo
+
+    run_demo(args.data_dir, args.config or DEMO_CONFIG, args.overrides, args.videos_per_class)
+    return 0
+
+# ----------------------------------------------------------------------------------------------
+# eval
+# ----------------------------------------------------------------------------------------------
+
+def _eval_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--model", required=True, metavar="URI",
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/path, a "
+                             "checkpoint folder/model.pt, or an official AIM .pth")
+    parser.add_argument("--out", default="eval_results", help="folder for eval.json and "
+                        "confusion.png (default: %(default)s)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="decode in this process, or with Ray Data over the cluster")
+
+
+@command("eval", "multi-view top-1/top-5/mean-class accuracy of a model on the val split",
+         _eval_args)
+def _eval(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import run_eval, summary
+
+    metrics = run_eval(load_config(args), args.model, args.out, engine=args.engine)
+    print(summary(metrics))
+    print(f"wrote {args.out}/eval.json and {args.out}/confusion.png"
+          + (f"; logged to MLflow run {metrics['logged_to_run']}" if "logged_to_run" in metrics
+             else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# predict
+# ----------------------------------------------------------------------------------------------
+
+def _predict_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (or URIs)")
+    parser.add_argument("--model", required=True, metavar="URI",
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/path, a "
+                             "checkpoint folder/model.pt, or an official AIM .pth")
+    parser.add_argument("--topk", type=int, default=5, help="classes to print (default: 5)")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="class names, one per line (for checkpoints without names)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override the model's config, e.g. "
+                        "--set data.test_clips=1 (repeatable)")
+
+
+@command("predict", "print the top classes of each video (the model's test-time views)",
+         _predict_args)
+def _predict(args: argparse.Namespace) -> int:
+    from pipelines.predict import run_predict
+
+    return run_predict(args.videos, args.model, args.topk, args.overrides, args.labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# explain
+# ----------------------------------------------------------------------------------------------
+
+def _explain_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", metavar="VIDEO", help="a video file (or URI)")
+    parser.add_argument("--model", required=True, metavar="REF",
+                        help="models:/NAME@ALIAS, runs:/ID/path, a checkpoint folder/model.pt, or "
+                             "an official AIM .pth (first row)")
+    parser.add_argument("--compare", metavar="REF", help="a second model for the row below, e.g. "
+                        "the frozen space-only baseline (its own frame count and test config)")
+    parser.add_argument("--out", default="explain_results",
+                        help="folder for the PNG and GIF (default: %(default)s)")
+    parser.add_argument("--frames-from-config", action="store_true",
+                        help="take the first test view of the model's own sampler instead of "
+                             "frames spread evenly over the whole video")
+
+
+@command("explain", "last-block attention maps of a video as PNG and GIF (paper Fig. 4)",
+         _explain_args)
+def _explain(args: argparse.Namespace) -> int:
+    from pipelines.explain import run_explain
+
+    result = run_explain(args.video, args.model, args.compare, args.out, args.frames_from_config)
+    for label, prediction in result["predictions"].items():
+        print(f"{label}: predicts {prediction}")
+    print(f"wrote {result['png']} and {result['gif']}"
+          + (f"; logged to MLflow run(s) {', '.join(result['logged_to_runs'])}"
+             if result["logged_to_runs"] else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# compare-classes
+# ----------------------------------------------------------------------------------------------
+
+def _compare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("eval_a", metavar="EVAL_A", help="eval.json of model A (the baseline)")
+    parser.add_argument("eval_b", metavar="EVAL_B", help="eval.json of model B")
+    parser.add_argument("--names", nargs=2, default=["A", "B"], metavar=("A", "B"),
+                        help="display names of the two models (default: A B)")
+    parser.add_argument("--k", type=int, default=5, help="top/bottom classes to plot (default: 5)")
+    parser.add_argument("--out", default="compare_results",
+                        help="folder for the plots and tables (default: %(default)s)")
+    parser.add_argument("--run-a", metavar="RUN_ID", help="MLflow run to log the pictures to")
+    parser.add_argument("--run-b", metavar="RUN_ID", help="MLflow run to log the pictures to")
+
+
+@command("compare-classes", "per-class accuracy difference B - A of two evaluations (paper Fig. 5)",
+         _compare_args)
+def _compare_classes(args: argparse.Namespace) -> int:
+    from pipelines.compare import format_ranking, run_compare
+
+    try:
+        result = run_compare(args.eval_a, args.eval_b, args.names, args.k, args.out,
+                             args.run_a, args.run_b)
+    except ValueError as exc:  # mismatched classes, not an eval.json, bad --k/--names
+        print(f"aim-video compare-classes: {exc}", file=sys.stderr)
+        return 2
+    print(format_ranking(result["top"], result["bottom"], args.names))
+    print("wrote " + ", ".join(str(p) for p in result["files"]))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:

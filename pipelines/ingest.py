@@ -479,6 +479,11 @@ def _write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
         f.write((json.dumps(data, indent=1) + "\n").encode())
 
 
+def load_class_map(out_dir: str) -> ClassMap | None:
+    """The class map saved beside an ingest output folder (local or URI), if any."""
+    return _load_or_none(_join(out_dir, CLASS_MAP_FILE))
+
+
 def _load_or_none(path: str) -> ClassMap | None:
     fs, p = _filesystem(path)
     return ClassMap.load(path) if fs.get_file_info(p).type == pafs.FileType.File else None

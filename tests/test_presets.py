@@ -9,7 +9,7 @@ import pytest
 from aim_core.config import Config
 from pipelines.cli import main
 
-PRESETS = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml"))
+PRESETS = sorted((Path(__file__).parent.parent / "configs").glob("*_vit*_*f.yaml"))
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)

@@ -1,0 +1,127 @@
+"""The Ray Train pipeline trains, survives a killed worker, tracks in MLflow and registers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+import torch
+from mlflow import MlflowClient
+
+from aim_core.checkpoint import load_model
+from aim_core.config import Config
+from aim_core.tiny import pretrain_tiny_backbone
+from pipelines import tracking
+from pipelines.synthetic import generate_synthetic
+from pipelines.train import RunExistsError, run_training
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ("blue_circle", "move_left_to_right", "move_right_to_left", "red_square")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-assets")
+    generate_synthetic(root / "synthetic", videos_per_class=12, size=32, frames=16, classes=CLASSES)
+    weights = pretrain_tiny_backbone(root / "tiny_vit.pt", steps=150)
+    return root / "synthetic" / "videos", weights
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+def make_cfg(tmp_path: Path, assets, **run) -> Config:
+    videos, weights = assets
+    return Config.from_dict({
+        "model": {"variant": "aim", "num_classes": len(CLASSES), "num_frames": 8, "image_size": 32,
+                  "drop_path": 0.0, "head_dropout": 0.0,
+                  "backbone": {"source": "tiny", "name": "aim-tiny-vit", "pretrained": str(weights),
+                               "width": 64, "layers": 3, "heads": 4, "patch_size": 8}},
+        "data": {"root": str(videos), "format": "folder", "val_fraction": 0.25, "sampler": "uniform",
+                 "test_clips": 1, "test_crops": 1, "short_side": 32, "crop_scale": [0.6, 1.0],
+                 "horizontal_flip": False, "videos_per_task": 8},
+        "optim": {"epochs": 6, "batch_size": 8, "per_device_batch": 4, "lr": 3e-3,
+                  "warmup_epochs": 1},
+        "run": {"name": "t", "storage_path": str(tmp_path / "runs"), "num_workers": 2,
+                "cpus_per_worker": 0.5, "max_failures": 2,
+                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", **run},
+    })
+
+
+def test_two_cpu_workers_beat_chance_and_register_a_model_that_reloads(tmp_path, assets, local_ray):
+    cfg = make_cfg(tmp_path, assets, name="two-workers")
+    outcome = run_training(cfg, register_as="aim-test")
+
+    assert [h["epoch"] for h in outcome.history] == list(range(1, 7))
+    assert outcome.evaluation["num_videos"] == 12
+    assert outcome.evaluation["top1"] > 1 / len(CLASSES) + 0.2
+    run = MlflowClient(tracking.tracking_uri(cfg)).get_run(outcome.mlflow_run_id)
+    assert run.data.params["model.adapter.ratio"] == "0.25"
+    assert run.data.metrics["final_top1"] == pytest.approx(outcome.evaluation["top1"])
+    artifacts = {a.path for a in MlflowClient().list_artifacts(outcome.mlflow_run_id, "plots")}
+    assert {"plots/curves.png", "plots/confusion.png"} <= artifacts
+    history = MlflowClient().get_metric_history(outcome.mlflow_run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, 7))
+
+    local, _, names = load_model(outcome.model_dir)
+    registered = tracking.resolve_model("models:/aim-test@champion")
+    clip = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(registered[0](clip), local(clip), atol=0, rtol=0)
+    assert registered[2] == names == list(CLASSES)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path, assets, local_ray):
+    cfg = make_cfg(tmp_path, assets, name="killed", num_workers=1, cpus_per_worker=1.0)
+    cfg.optim.epochs = 5
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("outcome", run_training(cfg)))
+    thread.start()
+    run_dir = Path(cfg.run.storage_path).resolve() / "killed"
+    deadline = time.time() + 300
+    while not list(run_dir.glob("checkpoint_*")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert list(run_dir.glob("checkpoint_*")), "no checkpoint was written"
+    killed = _kill_a_train_worker()
+    thread.join(timeout=600)
+
+    outcome = result["outcome"]
+    assert killed
+    assert [h["epoch"] for h in outcome.history] == [1, 2, 3, 4, 5]
+    steps = [m.step for m in MlflowClient().get_metric_history(outcome.mlflow_run_id, "train_loss")]
+    assert sorted(set(steps)) == [1, 2, 3, 4, 5]  # one continuous history in one MLflow run
+
+
+def test_a_finished_run_name_is_not_overwritten_without_resume(tmp_path, assets, local_ray):
+    cfg = make_cfg(tmp_path, assets, name="again")
+    (Path(cfg.run.storage_path) / "again").mkdir(parents=True)
+    with pytest.raises(RunExistsError, match="--resume"):
+        run_training(cfg)
+
+
+def _kill_a_train_worker() -> bool:
+    from ray.util.state import list_actors
+
+    for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+        if "RayTrainWorker" in actor.class_name and actor.pid:
+            os.kill(actor.pid, signal.SIGKILL)
+            return True
+    return False
+
+
+@pytest.fixture(autouse=True)
+def _no_active_mlflow_run():
+    yield
+    while mlflow.active_run():
+        mlflow.end_run()
