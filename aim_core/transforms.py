@@ -41,7 +41,12 @@ _IGNORED_RAND_AUGMENT_KEYS = ("mstd", "mmax", "inc", "w", "p")
 
 def to_tchw(clip: Clip) -> torch.Tensor:
     """uint8 ``(T, H, W, 3)`` (numpy or torch) -> uint8 torch ``(T, 3, H, W)``, as a view."""
-    tensor = torch.from_numpy(np.ascontiguousarray(clip)) if isinstance(clip, np.ndarray) else clip
+    if isinstance(clip, np.ndarray):
+        # Arrow/Ray batches hand out read-only arrays, which torch.from_numpy warns about.
+        clip = np.ascontiguousarray(clip) if clip.flags.writeable else np.array(clip)
+        tensor = torch.from_numpy(clip)
+    else:
+        tensor = clip
     if tensor.ndim != 4 or tensor.shape[-1] != 3:
         raise ValueError(f"expected a clip of shape (T, H, W, 3), got {tuple(tensor.shape)}")
     if tensor.dtype != torch.uint8:
