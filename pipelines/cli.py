@@ -32,7 +32,12 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    return Config.load(args.config, args.overrides)
+    """The validated config; secrets in it are refused (they belong in the environment)."""
+    from pipelines.cluster_config import reject_inline_credentials
+
+    cfg = Config.load(args.config, args.overrides)
+    reject_inline_credentials(cfg, where=args.config)
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipelines.cluster_config import InlineCredentialsError
+
     try:
         return args.handler(args) or 0
-    except ConfigError as exc:
+    except (ConfigError, InlineCredentialsError) as exc:
         print(f"aim-video {args.command}: config error: {exc}", file=sys.stderr)
         return 2
 

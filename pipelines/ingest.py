@@ -50,6 +50,8 @@ from aim_core.annotations import ClassMap, Split, VideoRecord, fraction_subset, 
 from aim_core.config import Config, DataConfig
 from aim_core.video import VideoDecodeError, clip_indices, decode_frames, probe_video
 
+from .cluster_config import ingest_resources
+
 log = logging.getLogger(__name__)
 
 SplitName = Literal["train", "val"]
@@ -130,7 +132,7 @@ def scan_videos(cfg: Config, records: list[VideoRecord]
     items = [_item(r) for r in records]
     ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items), cfg.data.videos_per_task))
     scanned = ds.map_batches(_probe_batch, batch_size=cfg.data.videos_per_task,
-                             num_cpus=cfg.run.ingest_cpus, num_gpus=0).take_all()
+                             **decode_task_resources(cfg)).take_all()
     by_path = {row["path"]: row for row in scanned}
     good, bad = [], []
     for item in items:  # keep the annotation order, whatever order the tasks finished in
@@ -140,6 +142,12 @@ def scan_videos(cfg: Config, records: list[VideoRecord]
         else:
             good.append({**item, "num_frames": int(row["num_frames"])})
     return good, bad
+
+
+def decode_task_resources(cfg: Config) -> dict[str, Any]:
+    """Ray remote args of a decode task: CPUs only, on the CPU decode nodes when the cluster has
+    them, so decoding never holds a GPU that a training worker waits for."""
+    return ingest_resources(cfg.run, ray.cluster_resources() if ray.is_initialized() else None)
 
 
 def _probe_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -170,7 +178,7 @@ class ClipStream:
     """
 
     data: DataConfig
-    ingest_cpus: float
+    remote_args: dict[str, Any]              # CPU-only decode tasks (see decode_task_resources)
     clip_len: int
     train: bool
     items: list[dict[str, Any]]
@@ -189,7 +197,7 @@ class ClipStream:
         ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items),
                                                                     self.data.videos_per_task))
         return ds.map_batches(_decode_stream_batch, batch_size=self.data.videos_per_task,
-                              num_cpus=self.ingest_cpus, num_gpus=0,
+                              **self.remote_args,
                               fn_kwargs={"data": self.data, "clip_len": self.clip_len,
                                          "train": self.train, "epoch": epoch})
 
@@ -216,7 +224,7 @@ def build_dataset(cfg: Config, split: SplitName, *, train: bool, epoch: int = 0,
     items, bad = scan_videos(cfg, chosen.records)
     report = IngestReport(split, "stream", videos=len(chosen.records), good=len(items), bad=bad,
                           rejected=chosen.rejected, seconds=time.perf_counter() - start)
-    stream = ClipStream(cfg.data, cfg.run.ingest_cpus, cfg.model.num_frames, train, items)
+    stream = ClipStream(cfg.data, decode_task_resources(cfg), cfg.model.num_frames, train, items)
     return IngestResult(stream.dataset(epoch), chosen.class_map, report, stream)
 
 
@@ -261,7 +269,7 @@ def materialize(cfg: Config, split: SplitName, out_dir: str | None = None, *,
     todo = [s for s in shards if not _shard_done(fs, base, s)]
     if todo:
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds.map(_write_shard, num_cpus=cfg.run.ingest_cpus, num_gpus=0,
+        ds.map(_write_shard, **decode_task_resources(cfg),
                fn_kwargs={"folder": folder, "data": cfg.data, "clip_len": cfg.model.num_frames,
                           "train": train}).take_all()
 

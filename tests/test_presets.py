@@ -36,3 +36,12 @@ def test_describe_prints_the_paper_numbers(capsys):
 def test_describe_reports_a_bad_override_by_field(capsys):
     assert main(["describe", "configs/k400_vitb16_8f.yaml", "--set", "model.adapter.ratio=7"]) == 2
     assert "model.adapter.ratio" in capsys.readouterr().err
+
+
+def test_a_secret_in_a_config_is_refused(tmp_path, capsys):
+    path = tmp_path / "leaky.yaml"
+    path.write_text("_base_: %s\nrun:\n  tracking_uri: https://user:hunter2@mlflow.example.com\n"
+                    % (Path(__file__).parent.parent / "configs" / "k400_vitb16_8f.yaml"))
+    assert main(["describe", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "run.tracking_uri" in err and "hunter2" not in err
