@@ -70,8 +70,9 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, d = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        # unbind, not indexing: three index ops each allocate a full-size zero gradient in backward
+        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape

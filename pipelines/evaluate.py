@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -156,36 +157,61 @@ def _writable(frames: Any) -> np.ndarray:
     return frames if frames.flags.writeable else frames.copy()
 
 
-def evaluate_dataset(model: torch.nn.Module, cfg: Config, dataset: Any,
-                     class_names: Sequence[str], device: torch.device | None = None,
-                     failed: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-    """Score a Ray Dataset of test views (``pipelines.ingest`` rows, one temporal clip each).
+@dataclass
+class VideoScores:
+    """Probabilities summed per video over however many views arrived, from any worker."""
 
-    Views of a video may arrive in any order and any batch; probabilities are summed per
-    ``video_id`` and averaged at the end. ``failed`` passes on the ingest report's bad files.
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    views: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def add(self, video_id: str, label: int, prob_sum: np.ndarray, views: int) -> None:
+        self.sums[video_id] = self.sums.get(video_id, 0) + prob_sum
+        self.views[video_id] = self.views.get(video_id, 0) + views
+        self.labels[video_id] = label
+
+    def merge(self, other: "VideoScores") -> "VideoScores":
+        for key in other.sums:
+            self.add(key, other.labels[key], other.sums[key], other.views[key])
+        return self
+
+    def meter(self, num_classes: int) -> ClassificationMeter:
+        meter = ClassificationMeter(num_classes)
+        if self.sums:
+            ids = sorted(self.sums)
+            meter.update(np.stack([self.sums[i] / self.views[i] for i in ids]),
+                         np.array([self.labels[i] for i in ids]))
+        return meter
+
+
+def score_rows(model: torch.nn.Module, cfg: Config, rows: Iterable[dict[str, Any]],
+               device: torch.device | None = None) -> VideoScores:
+    """Score batches of ingest rows (``video_id, label, frames``: one temporal clip each).
+
+    Views of a video may arrive in any order, batch or worker: probabilities are summed per
+    ``video_id`` here and averaged once all views are in (:meth:`VideoScores.meter`).
     """
     model.eval()
     transform = build_test_transform(cfg.data, cfg.model.image_size)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    labels: dict[str, int] = {}
-    batch = max(1, cfg.optim.per_device_batch)
-    for rows in dataset.iter_batches(batch_size=batch, batch_format="numpy"):
-        views = torch.stack([transform(_writable(f)) for f in rows["frames"]])
+    scores = VideoScores()
+    for batch in rows:
+        views = torch.stack([transform(_writable(f)) for f in batch["frames"]])
         crops = views.shape[1]
         probs = view_probabilities(model, views.flatten(0, 1), cfg, device)
-        probs = probs.reshape(len(views), crops, -1).sum(dim=1)
-        for video_id, label, p in zip(rows["video_id"], rows["label"], probs):
-            video_id = str(video_id)
-            sums[video_id] = sums.get(video_id, 0) + p
-            counts[video_id] = counts.get(video_id, 0) + crops
-            labels[video_id] = int(label)
-    meter = ClassificationMeter(len(class_names))
-    if sums:
-        ids = sorted(sums)
-        meter.update(torch.stack([sums[i] / counts[i] for i in ids]),
-                     torch.tensor([labels[i] for i in ids]))
-    return _result(meter, class_names, cfg, list(failed))
+        probs = probs.reshape(len(views), crops, -1).sum(dim=1).numpy()
+        for video_id, label, p in zip(batch["video_id"], batch["label"], probs):
+            scores.add(str(video_id), int(label), p, crops)
+    return scores
+
+
+def evaluate_dataset(model: torch.nn.Module, cfg: Config, dataset: Any,
+                     class_names: Sequence[str], device: torch.device | None = None,
+                     failed: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Score a Ray Dataset of test views; ``failed`` passes on the ingest report's bad files."""
+    batch = max(1, cfg.optim.per_device_batch)
+    scores = score_rows(model, cfg, dataset.iter_batches(batch_size=batch, batch_format="numpy"),
+                        device)
+    return _result(scores.meter(len(class_names)), class_names, cfg, list(failed))
 
 
 def evaluate(model: torch.nn.Module, cfg: Config, data: Any, class_names: Sequence[str],

@@ -33,10 +33,10 @@ from torch.nn.parallel import DistributedDataParallel
 from aim_core.backbones import build_model
 from aim_core.checkpoint import MODEL_FILE, save_model
 from aim_core.config import Config
-from aim_core.metrics import ClassificationMeter
-from aim_core.transforms import build_test_transform, build_train_transform
+from aim_core.transforms import build_train_transform
 
 from . import ingest, tracking
+from .evaluate import VideoScores, score_rows
 from .cluster_config import check_storage, dashboard_host, train_scaling
 from .optimization import Precision, accumulation_steps, build_optimizer, build_scheduler
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 EVAL_FILE = "eval.json"
 MLFLOW_RUN_FILE = "mlflow_run_id"
+TRAIN_VIDEOS_FILE = "train_videos.json"   # MLflow artifact under ingest/
 
 
 class RunExistsError(RuntimeError):
@@ -71,7 +72,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch)
     precision = Precision.for_device(device, cfg.optim.precision)
     train_tf = build_train_transform(cfg.data, cfg.model.image_size)
-    test_tf = build_test_transform(cfg.data, cfg.model.image_size)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.data.label_smoothing)
 
     start_epoch, history, last_eval = 1, [], None
@@ -98,8 +98,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "lr": optimizer.param_groups[0]["lr"], "clips_per_s": clips / seconds,
                    "epoch_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device)}
         if epoch % cfg.optim.eval_every == 0 or epoch == cfg.optim.epochs:
-            last_eval = evaluate_shards(model, _val_rows(config, rank, world), test_tf, precision,
-                                        device, len(class_names))
+            last_eval = evaluate_shards(model, cfg, _val_rows(config, rank, world), device,
+                                        len(class_names))
             last_eval["class_names"] = class_names
             metrics.update({"val_top1": last_eval["top1"], "val_top5": last_eval["top5"],
                             "val_mean_class_acc": last_eval["mean_class_acc"]})
@@ -187,44 +187,19 @@ def _train_one_epoch(ddp_model, model, batches, transform, criterion, optimizer,
 
 
 @torch.no_grad()
-def evaluate_shards(model, rows: Iterable[dict[str, np.ndarray]], transform, precision: Precision,
+def evaluate_shards(model, cfg: Config, rows: Iterable[dict[str, np.ndarray]],
                     device: torch.device, num_classes: int) -> dict[str, Any]:
-    """Multi-view evaluation over this worker's rows, merged across workers.
-
-    Views of one video (temporal clips as rows, spatial crops from the transform) may be spread
-    over batches and workers: probabilities are summed per ``video_id`` and the sums gathered, so
-    every view counts exactly once whatever the sharding.
-    """
-    model.eval()
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    labels: dict[str, int] = {}
-    for batch in rows:
-        views = torch.stack([transform(np.asarray(f)) for f in batch["frames"]])  # (B, crops, ...)
-        crops = views.shape[1]
-        with precision.autocast():
-            logits = model(views.flatten(0, 1).to(device))
-        probs = logits.float().softmax(-1).reshape(len(views), crops, -1).sum(1).cpu().numpy()
-        for video_id, label, p in zip(batch["video_id"], batch["label"], probs):
-            key = str(video_id)
-            sums[key] = sums.get(key, 0) + p
-            counts[key] = counts.get(key, 0) + crops
-            labels[key] = int(label)
+    """Multi-view evaluation over this worker's rows, merged across workers: every view counts
+    exactly once whatever the sharding, because per-video sums are gathered before averaging."""
+    scores = score_rows(model, cfg, rows, device)
     if dist.is_available() and dist.is_initialized():
         gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (sums, counts, labels))
-        sums, counts, labels = {}, {}, {}
-        for s, c, lab in gathered:
-            for key in s:
-                sums[key] = sums.get(key, 0) + s[key]
-                counts[key] = counts.get(key, 0) + c[key]
-                labels[key] = lab[key]
-    meter = ClassificationMeter(num_classes)
-    if sums:
-        ids = sorted(sums)
-        meter.update(np.stack([sums[i] / counts[i] for i in ids]), np.array([labels[i] for i in ids]))
+        dist.all_gather_object(gathered, scores)
+        scores = VideoScores()
+        for part in gathered:
+            scores.merge(part)
     model.train()
-    return {**meter.compute(), "num_videos": len(sums)}
+    return {**scores.meter(num_classes).compute(), "num_videos": len(scores.sums)}
 
 
 def _all_sum(value: float, device: torch.device) -> float:
@@ -365,8 +340,13 @@ def _run_exists(storage: str, name: str) -> bool:
 
 def run_training(cfg: Config, *, resume: bool = False, register_as: str | None = None,
                  alias: str = "champion", parent_run_id: str | None = None,
-                 tags: dict[str, str] | None = None) -> TrainOutcome:
-    """Train ``cfg`` on Ray and track it in MLflow; see the module docstring."""
+                 tags: dict[str, str] | None = None,
+                 callbacks: list[Any] | None = None) -> TrainOutcome:
+    """Train ``cfg`` on Ray and track it in MLflow; see the module docstring.
+
+    ``callbacks``: extra Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a sweep
+    trial runs this (see :mod:`pipelines.sweep`).
+    """
     from aim_core.accounting import model_cost
 
     cfg = absolute_paths(cfg)
@@ -392,6 +372,11 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
         tracking.log_model_cost(cost)
         for split, report in reports.items():
             tracking.mlflow.log_dict(report, f"ingest/{split}_report.json")
+        if "train_stream" in loop_data:  # the videos this run trains on (data-fraction studies)
+            items = loop_data["train_stream"].items
+            tracking.mlflow.log_dict({"video_ids": [i["video_id"] for i in items],
+                                      "labels": [int(i["label"]) for i in items]},
+                                     f"ingest/{TRAIN_VIDEOS_FILE}")
         scaling = train_scaling(cfg.run, ray.cluster_resources().get("GPU", 0))
         trainer = ray.train.torch.TorchTrainer(
             train_loop_per_worker,
@@ -406,7 +391,8 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
                 failure_config=ray.train.FailureConfig(
                     max_failures=cfg.run.max_failures,
                     controller_failure_limit=max(cfg.run.max_failures, 1)),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                callbacks=callbacks),
             datasets=datasets or None,
         )
         result = trainer.fit()
