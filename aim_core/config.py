@@ -102,13 +102,18 @@ class ModelConfig:
     # Train the temporal embedding (the official recipe does); freezing it lets the blocks below the
     # first adapted one run without autograd.
     train_temporal_embedding: bool = True
-    grad_checkpointing: bool = False
+    # Activation checkpointing: false, true (every block that carries gradients) or the number of
+    # such blocks to checkpoint, counted from the first one (trades compute for memory).
+    grad_checkpointing: bool | int = False
 
     def validate(self, path: str) -> None:
         _check(self.num_classes > 0, f"{path}.num_classes", "a positive integer", self.num_classes)
         _check(self.num_frames > 0, f"{path}.num_frames", "a positive integer", self.num_frames)
         _check(self.image_size > 0, f"{path}.image_size", "a positive integer", self.image_size)
         _check(0 <= self.drop_path < 1, f"{path}.drop_path", "a number in [0, 1)", self.drop_path)
+        _check(isinstance(self.grad_checkpointing, bool) or self.grad_checkpointing >= 0,
+               f"{path}.grad_checkpointing", "true, false or a number of blocks >= 0",
+               self.grad_checkpointing)
         _check(0 <= self.head_dropout < 1, f"{path}.head_dropout", "a number in [0, 1)",
                self.head_dropout)
 

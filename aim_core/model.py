@@ -95,8 +95,14 @@ class VideoClassifier(nn.Module):
         return {name for name, p in self.named_parameters()
                 if p.ndim <= 1 or "embedding" in name}
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool | int = True) -> None:
+        """``True``: recompute every block with gradients in backward; an int: that many blocks."""
         self.grad_checkpointing = enable
+
+    def _checkpointed(self, index: int, first_with_grad: int) -> bool:
+        setting = self.grad_checkpointing
+        count = len(self.blocks) if setting is True else int(setting or 0)
+        return first_with_grad <= index < first_with_grad + count
 
     # ------------------------------------------------------------------ forward
     def _first_block_needing_grad(self) -> int:
@@ -126,7 +132,7 @@ class VideoClassifier(nn.Module):
             x = self.ln_pre(x)
         for i, block in enumerate(self.blocks):
             with torch.set_grad_enabled(grad and i >= frozen_until):
-                if self.grad_checkpointing and grad and i >= frozen_until and self.training:
+                if grad and self.training and self._checkpointed(i, frozen_until):
                     x = torch.utils.checkpoint.checkpoint(block, x, t, use_reentrant=False)
                 else:
                     x = block(x, t)

@@ -160,12 +160,13 @@ def test_timesformer_starts_as_the_image_model_with_copied_temporal_attention(cl
     assert all(p.requires_grad for p in ts.parameters())
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("setting", [True, 2])
+def test_grad_checkpointing_gives_the_same_gradients(setting):
     torch.manual_seed(0)
     model = build_model(tiny_cfg())
     perturb_adapters(model)
     twin = copy.deepcopy(model)
-    twin.set_grad_checkpointing(True)
+    twin.set_grad_checkpointing(setting)
     for m in (model, twin):
         m.train()
         m(clips()).sum().backward()
