@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import ray
@@ -27,7 +27,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from aim_core.backbones import build_model
@@ -78,8 +77,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            start_epoch, history, last_eval = _restore(Path(folder), model, optimizer, scheduler,
-                                                       precision)
+            start_epoch, history, last_eval = _restore(Path(folder), model, optimizer, precision)
         _print(rank, f"resumed from the checkpoint of epoch {start_epoch - 1}")
     mlflow_run = config.get("mlflow")
     if rank == 0 and mlflow_run:
@@ -110,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             report_ckpt = None
             if rank == 0:
-                _save(Path(folder), model, cfg, class_names, optimizer, scheduler, precision,
+                _save(Path(folder), model, cfg, class_names, optimizer, precision,
                       epoch, history, last_eval)
                 report_ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=report_ckpt)
@@ -221,19 +219,18 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _save(folder: Path, model, cfg: Config, class_names: list[str], optimizer, scheduler,
+def _save(folder: Path, model, cfg: Config, class_names: list[str], optimizer,
           precision: Precision, epoch: int, history: list[dict[str, Any]],
           last_eval: dict[str, Any] | None) -> None:
     save_model(folder, model, cfg, class_names, extra={"epoch": epoch})
     torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "scaler": precision.scaler.state_dict() if precision.scaler else None,
                 "history": history}, folder / STATE_FILE)
     if last_eval is not None:
         (folder / EVAL_FILE).write_text(json.dumps(last_eval))
 
 
-def _restore(folder: Path, model, optimizer, scheduler, precision: Precision
+def _restore(folder: Path, model, optimizer, precision: Precision
              ) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
     from aim_core.checkpoint import read_model_file
 
@@ -241,7 +238,8 @@ def _restore(folder: Path, model, optimizer, scheduler, precision: Precision
     model.load_state_dict(payload["state_dict"], strict=False)
     state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    # The schedule is a pure function of the epoch/step, rebuilt from the current config, so a
+    # resumed run may also be extended (--resume with a larger optim.epochs).
     if precision.scaler and state["scaler"]:
         precision.scaler.load_state_dict(state["scaler"])
     last_eval = json.loads((folder / EVAL_FILE).read_text()) if (folder / EVAL_FILE).exists() else None

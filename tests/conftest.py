@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # let tests import videotools as a plain module
 
@@ -24,3 +25,33 @@ def long_gop_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like ``index_video`` but with a single keyframe (interval 250, ffmpeg's default)."""
     path = tmp_path_factory.mktemp("videos") / "index_gop250.mp4"
     return videotools.write_video(path, videotools.index_frames(60, 48, 64), gop=250)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A fresh two-CPU Ray cluster for one test module.
+
+    ``address="local"`` always starts a new cluster: plain ``ray.init()`` would join any head that
+    ``ray start`` left on this machine. The dashboard stays on: Tune needs it to release trials.
+    """
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def clip_tower(tmp_path_factory):
+    """A real open_clip vision tower (random weights), saved as an open_clip-style weights file."""
+    torch.manual_seed(0)
+    import open_clip.model
+
+    tower = open_clip.model.VisionTransformer(
+        image_size=32, patch_size=8, width=64, layers=3, heads=4, mlp_ratio=4.0, output_dim=32,
+        act_layer=open_clip.model.QuickGELU).eval()
+    path = tmp_path_factory.mktemp("weights") / "tiny_clip.pt"
+    torch.save({"state_dict": {f"visual.{k}": v for k, v in tower.state_dict().items()}}, path)
+    tower.proj = None  # its output is then ln_post(CLS): the per-frame image feature
+    return tower, str(path)

@@ -9,7 +9,7 @@ from aim_core.backbones import BackboneError, build_model
 from aim_core.checkpoint import load_model, read_model_file, save_model
 from aim_core.config import Config
 
-from .test_model import clip_tower, clips, perturb_adapters, tiny_cfg  # noqa: F401 (fixture)
+from .modeltools import clips, perturb_adapters, tiny_cfg
 
 
 def trained(weights=None):

@@ -20,7 +20,7 @@ from pipelines.cli import main
 from pipelines.explain import frame_indices, run_explain
 from pipelines.synthetic import render_video, write_mp4
 
-from .test_model import clips, perturb_adapters, tiny_cfg
+from .modeltools import clips, perturb_adapters, tiny_cfg
 
 TEMPORAL = {"aim": ["spatial", "temporal", "joint"], "timesformer": ["spatial"]}
 SPACE_ONLY = {"frozen_space_only": ["spatial"], "finetuned_space_only": ["spatial"],

@@ -10,7 +10,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import ray
 
 from aim_core.annotations import load_split
 from aim_core.config import Config
@@ -24,10 +23,8 @@ CLASSES = ["blue_circle", "move_left_to_right", "move_right_to_left", "red_squar
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_cluster(local_ray):
     yield
-    ray.shutdown()
 
 
 def write_audio_only(path: Path) -> None:

@@ -4,54 +4,16 @@ from __future__ import annotations
 
 import copy
 
-import open_clip.model
 import pytest
 import timm
 import torch
 
 from aim_core.backbones import build_model
-from aim_core.config import AdapterConfig, BackboneConfig, ModelConfig
+from aim_core.config import BackboneConfig, ModelConfig
 from aim_core.official import load_official_checkpoint
 
+from .modeltools import FRAMES, clips, perturb_adapters, tiny_cfg
 from .official_reference import OfficialAIM
-
-FRAMES = 4
-
-
-def tiny_cfg(variant: str = "aim", weights: str | None = None, **adapter) -> ModelConfig:
-    return ModelConfig(
-        variant=variant,
-        backbone=BackboneConfig(source="tiny", name="tiny", pretrained=weights, width=64, layers=3,
-                                heads=4, patch_size=8, act="quick_gelu"),
-        adapter=AdapterConfig(**adapter),
-        num_classes=5, num_frames=FRAMES, image_size=32, drop_path=0.0, head_dropout=0.0,
-    )
-
-
-@pytest.fixture(scope="module")
-def clip_tower(tmp_path_factory):
-    """A real open_clip vision tower (random weights), saved as an open_clip-style weights file."""
-    torch.manual_seed(0)
-    tower = open_clip.model.VisionTransformer(
-        image_size=32, patch_size=8, width=64, layers=3, heads=4, mlp_ratio=4.0, output_dim=32,
-        act_layer=open_clip.model.QuickGELU).eval()
-    path = tmp_path_factory.mktemp("weights") / "tiny_clip.pt"
-    torch.save({"state_dict": {f"visual.{k}": v for k, v in tower.state_dict().items()}}, path)
-    tower.proj = None  # its output is then ln_post(CLS): the per-frame image feature
-    return tower, str(path)
-
-
-def clips(batch: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, FRAMES, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def perturb_adapters(model: torch.nn.Module, seed: int = 1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "adapter" in name or name == "temporal_embedding":
-                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
-
 
 def test_aim_at_initialisation_is_the_frozen_image_model_averaged_over_frames(clip_tower):
     tower, path = clip_tower

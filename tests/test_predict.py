@@ -258,7 +258,7 @@ def test_evaluation_over_ingested_ray_views_matches_local_decoding(checkpoint):
     model, _, _ = tracking.resolve_model(ckpt)
     records = load_split(cfg.data, "val", ClassMap(CLASSES)).records
     local = evaluate(model, cfg, records, CLASSES)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ingested = build_dataset(cfg, "val", train=False, class_map=ClassMap(CLASSES))
         distributed = evaluate(model, cfg, ingested.dataset, CLASSES)

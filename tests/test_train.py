@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 import torch
 from mlflow import MlflowClient
 
@@ -32,13 +31,6 @@ def assets(tmp_path_factory):
     generate_synthetic(root / "synthetic", videos_per_class=12, size=32, frames=16, classes=CLASSES)
     weights = pretrain_tiny_backbone(root / "tiny_vit.pt", steps=150)
     return root / "synthetic" / "videos", weights
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
-    yield
-    ray.shutdown()
 
 
 def make_cfg(tmp_path: Path, assets, **run) -> Config:
@@ -101,6 +93,20 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path, assets, loca
     assert [h["epoch"] for h in outcome.history] == [1, 2, 3, 4, 5]
     steps = [m.step for m in MlflowClient().get_metric_history(outcome.mlflow_run_id, "train_loss")]
     assert sorted(set(steps)) == [1, 2, 3, 4, 5]  # one continuous history in one MLflow run
+
+
+def test_resume_continues_a_stopped_run_in_the_same_mlflow_run(tmp_path, assets, local_ray):
+    cfg = make_cfg(tmp_path, assets, name="resumed", num_workers=1, cpus_per_worker=1.0)
+    cfg.optim.epochs = 2
+    first = run_training(cfg)
+    cfg.optim.epochs = 3
+    second = run_training(cfg, resume=True)
+
+    assert [h["epoch"] for h in second.history] == [1, 2, 3]
+    assert second.history[:2] == first.history
+    assert second.mlflow_run_id == first.mlflow_run_id
+    steps = [m.step for m in MlflowClient().get_metric_history(second.mlflow_run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3]
 
 
 def test_a_finished_run_name_is_not_overwritten_without_resume(tmp_path, assets, local_ray):
