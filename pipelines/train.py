@@ -266,14 +266,19 @@ class TrainOutcome:
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join ``RAY_ADDRESS`` (or ``address``) when set, else start a local cluster on loopback."""
+    """Join ``RAY_ADDRESS`` (or ``address``; ``auto`` finds a head on this machine) when set, else
+    start a private local cluster with its dashboard on loopback.
+
+    Plain ``ray.init()`` would silently join whatever head ``ray start`` left running here; the
+    embedded default must not depend on that. Jobs from ``ray job submit`` get ``RAY_ADDRESS``.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
     else:
-        ray.init(dashboard_host=dashboard_host(), include_dashboard=True)
+        ray.init(address="local", dashboard_host=dashboard_host(), include_dashboard=True)
 
 
 def prepare_data(cfg: Config) -> tuple[dict[str, Any], dict[str, ray.data.Dataset], list[str], int,
