@@ -333,12 +333,9 @@ def _storage(cfg: Config) -> str:
 
 
 def _run_exists(storage: str, name: str) -> bool:
-    if "://" in storage:
-        import pyarrow.fs as pafs
-
-        fs, base = pafs.FileSystem.from_uri(f"{storage.rstrip('/')}/{name}")
-        return fs.get_file_info(base).type != pafs.FileType.NotFound
-    return (Path(storage) / name).exists()
+    """A run has started under this name (its MLflow marker is written first); an ingest output
+    folder alone does not count."""
+    return _previous_mlflow_run(storage, name) is not None
 
 
 def run_training(cfg: Config, *, resume: bool = False, register_as: str | None = None,

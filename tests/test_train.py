@@ -112,6 +112,7 @@ def test_resume_continues_a_stopped_run_in_the_same_mlflow_run(tmp_path, assets,
 def test_a_finished_run_name_is_not_overwritten_without_resume(tmp_path, assets, local_ray):
     cfg = make_cfg(tmp_path, assets, name="again")
     (Path(cfg.run.storage_path) / "again").mkdir(parents=True)
+    (Path(cfg.run.storage_path) / "again" / "mlflow_run_id").write_text("0123")
     with pytest.raises(RunExistsError, match="--resume"):
         run_training(cfg)
 
