@@ -79,9 +79,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             start_epoch, history, last_eval = _restore(Path(folder), model, optimizer, precision)
         _print(rank, f"resumed from the checkpoint of epoch {start_epoch - 1}")
-    mlflow_run = config.get("mlflow")
-    if rank == 0 and mlflow_run:
-        tracking.mlflow.set_tracking_uri(mlflow_run["tracking_uri"])
 
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         scheduler.step(epoch - 1)
@@ -103,8 +100,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             "val_mean_class_acc": last_eval["mean_class_acc"]})
         history.append(metrics)
         _print(rank, _epoch_line(metrics, cfg.optim.epochs, precision.name))
-        if rank == 0 and mlflow_run:
-            tracking.log_epoch(metrics, epoch, run_id=mlflow_run["run_id"])
         with tempfile.TemporaryDirectory() as folder:
             report_ckpt = None
             if rank == 0:
@@ -250,6 +245,24 @@ def _restore(folder: Path, model, optimizer, precision: Precision
 # Driver side
 # ----------------------------------------------------------------------------------------------
 
+class MlflowEpochLogger(ray.train.UserCallback):
+    """Logs each epoch's metrics to the run's MLflow run from the Train controller.
+
+    ``after_report`` fires once the epoch's checkpoint is persisted, so an epoch that a failed
+    worker group has to redo is logged once, when it finally completes: one continuous history.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        if metrics and "epoch" in metrics[0]:
+            tracking.mlflow.set_tracking_uri(self.tracking_uri)
+            tracking.log_epoch(metrics[0], int(metrics[0]["epoch"]), run_id=self.run_id)
+
+
 @dataclass
 class TrainOutcome:
     """What a finished run leaves behind, for the CLI, the demo and sweeps."""
@@ -382,8 +395,6 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.to_dict(), "class_names": class_names,
                                "train_videos": train_videos,
-                               "mlflow": {"tracking_uri": cfg.run.tracking_uri,
-                                          "run_id": mlflow_run_id},
                                **loop_data},
             scaling_config=ray.train.ScalingConfig(**scaling),
             run_config=ray.train.RunConfig(
@@ -392,7 +403,8 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
                     max_failures=cfg.run.max_failures,
                     controller_failure_limit=max(cfg.run.max_failures, 1)),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=callbacks),
+                callbacks=[MlflowEpochLogger(cfg.run.tracking_uri, mlflow_run_id),
+                           *(callbacks or [])]),
             datasets=datasets or None,
         )
         result = trainer.fit()

@@ -92,7 +92,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path, assets, loca
     assert killed
     assert [h["epoch"] for h in outcome.history] == [1, 2, 3, 4, 5]
     steps = [m.step for m in MlflowClient().get_metric_history(outcome.mlflow_run_id, "train_loss")]
-    assert sorted(set(steps)) == [1, 2, 3, 4, 5]  # one continuous history in one MLflow run
+    assert sorted(steps) == [1, 2, 3, 4, 5]  # one continuous history, each epoch logged once
 
 
 def test_resume_continues_a_stopped_run_in_the_same_mlflow_run(tmp_path, assets, local_ray):
