@@ -264,6 +264,57 @@ def _compare_classes(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# sweep, report
+# ----------------------------------------------------------------------------------------------
+
+def _sweep_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--study", choices=("components", "placement", "ratio", "data-fraction"),
+                        help="a paper ablation: Table 1, 7, 8 or Fig. 3")
+    parser.add_argument("--space", metavar="FILE", help="search-space YAML (grid, choice, uniform, "
+                        "loguniform; num_samples); crossed with --study when both are given")
+    parser.add_argument("--fractions", help="data-fraction study: e.g. 0.01,0.1,1 "
+                        "(default: 0.01,0.05,0.1,0.25,0.5,1.0)")
+    parser.add_argument("--name", help="sweep name (default: <run.name>-<study>)")
+    parser.add_argument("--metric", default="val_top1", help="metric that ranks trials")
+    parser.add_argument("--mode", choices=("max", "min"), default="max")
+    parser.add_argument("--asha", action="store_true", help="stop weak trials early (ASHA)")
+    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
+    parser.add_argument("--register-best", metavar="NAME",
+                        help="register the best trial's model as models:/NAME@champion")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
+
+
+@command("sweep", "run a paper ablation or a search space as Ray Tune trials, then report",
+         _sweep_args)
+def _sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep import SearchSpace, parse_fractions, plan_sweep, run_sweep
+
+    meta = plan_sweep(load_config(args), args.study,
+                      SearchSpace.load(args.space) if args.space else None, name=args.name,
+                      fractions=parse_fractions(args.fractions), metric=args.metric,
+                      mode=args.mode, asha=args.asha, max_concurrent=args.max_concurrent,
+                      register_best=args.register_best)
+    outcome = run_sweep(meta, resume=args.resume)
+    print(f"report: {outcome.report_dir}/report.md")
+    return 0 if outcome.complete else 1
+
+
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="<run.storage_path>/<sweep name>")
+    parser.add_argument("--out", help="output folder (default: SWEEP_DIR/report)")
+
+
+@command("report", "a sweep's Markdown table and accuracy plots, logged to its parent run",
+         _report_args)
+def _report(args: argparse.Namespace) -> int:
+    from pipelines.report import write_report
+
+    write_report(args.sweep_dir, args.out)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aim-video", description=__doc__.splitlines()[0])

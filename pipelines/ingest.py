@@ -183,7 +183,10 @@ class ClipStream:
     train: bool
     items: list[dict[str, Any]]
 
-    def dataset(self, epoch: int = 0, shard: tuple[int, int] | None = None) -> ray.data.Dataset:
+    def dataset(self, epoch: int = 0, shard: tuple[int, int] | None = None,
+                columns: list[str] | None = None) -> ray.data.Dataset:
+        """``columns`` keeps only those, inside the decode task itself: a separate projection
+        step would ask Ray for another whole CPU, which small clusters may not have to spare."""
         items = list(self.items)
         if self.train:  # a new video order every epoch; the permutation is shared by all ranks
             order = np.random.default_rng([self.data.seed, epoch]).permutation(len(items))
@@ -199,17 +202,20 @@ class ClipStream:
         return ds.map_batches(_decode_stream_batch, batch_size=self.data.videos_per_task,
                               **self.remote_args,
                               fn_kwargs={"data": self.data, "clip_len": self.clip_len,
-                                         "train": self.train, "epoch": epoch})
+                                         "train": self.train, "epoch": epoch,
+                                         "columns": columns})
 
 
 def _decode_stream_batch(batch: dict[str, np.ndarray], *, data: DataConfig, clip_len: int,
-                         train: bool, epoch: int) -> Iterator[dict[str, Any]]:
+                         train: bool, epoch: int, columns: list[str] | None = None
+                         ) -> Iterator[dict[str, Any]]:
     """Decode a few videos; a file that became unreadable since the scan is logged and skipped."""
     clips, errors = _decode_batch(batch, data, clip_len, train, epoch)
     for path, reason in errors:
         log.warning("skipping %s: %s", path, reason)
     if clips:  # a generator may yield nothing: no empty batch with a made-up frame shape
-        yield _columns(clips)
+        out = _columns(clips)
+        yield {k: out[k] for k in columns} if columns else out
 
 
 def build_dataset(cfg: Config, split: SplitName, *, train: bool, epoch: int = 0,

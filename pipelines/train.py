@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 EVAL_FILE = "eval.json"
 MLFLOW_RUN_FILE = "mlflow_run_id"
+EVAL_COLUMNS = ["video_id", "label", "frames"]
 TRAIN_VIDEOS_FILE = "train_videos.json"   # MLflow artifact under ingest/
 
 
@@ -130,7 +131,7 @@ def _train_batches(config: dict[str, Any], cfg: Config, epoch: int, rank: int,
     batch = cfg.optim.per_device_batch
     stream: ingest.ClipStream | None = config.get("train_stream")
     if stream is not None:
-        ds = ingest.training_columns(stream.dataset(epoch, shard=(rank, world)))
+        ds = stream.dataset(epoch, shard=(rank, world), columns=ingest.TRAIN_COLUMNS)
     else:
         ds = ray.train.get_dataset_shard("train")
     return ds.iter_batches(batch_size=batch, batch_format="numpy")
@@ -139,7 +140,7 @@ def _train_batches(config: dict[str, Any], cfg: Config, epoch: int, rank: int,
 def _val_rows(config: dict[str, Any], rank: int, world: int) -> Iterable[dict[str, np.ndarray]]:
     stream: ingest.ClipStream | None = config.get("val_stream")
     if stream is not None:
-        ds = stream.dataset(0, shard=(rank, world)).select_columns(["video_id", "label", "frames"])
+        ds = stream.dataset(0, shard=(rank, world), columns=EVAL_COLUMNS)
     else:
         ds = ray.train.get_dataset_shard("val")
     return ds.iter_batches(batch_size=16, batch_format="numpy")
@@ -316,7 +317,7 @@ def prepare_data(cfg: Config) -> tuple[dict[str, Any], dict[str, ray.data.Datase
               flush=True)
     class_map = ingest.load_class_map(out)
     datasets = {"train": ingest.training_columns(ingest.read_shards(train_dir)),
-                "val": ingest.read_shards(val_dir).select_columns(["video_id", "label", "frames"])}
+                "val": ingest.read_shards(val_dir).select_columns(EVAL_COLUMNS)}
     return {}, datasets, class_map.names, reports["train"]["clips"], reports
 
 

@@ -1,0 +1,235 @@
+"""Sweeps run the paper's studies as Tune trials of the training pipeline, tracked and reported.
+
+Tiny on purpose (4 classes x 8 videos of 32x32, 2 epochs, one 0.5-CPU worker per trial, trials one
+at a time on two cores: see ``default_concurrency``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from aim_core.config import Config, ConfigError
+from aim_core.tiny import pretrain_tiny_backbone
+from pipelines.report import collect
+from pipelines.sweep import DEFAULT_FRACTIONS, SearchSpace, plan_sweep, run_sweep
+from pipelines.synthetic import generate_synthetic
+
+CLASSES = ("blue_circle", "move_left_to_right", "move_right_to_left", "red_square")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep-assets")
+    generate_synthetic(root / "synthetic", videos_per_class=8, size=32, frames=16, classes=CLASSES)
+    weights = pretrain_tiny_backbone(root / "tiny_vit.pt", steps=20)  # accuracy is not the point
+    return root / "synthetic" / "videos", weights
+
+
+@pytest.fixture
+def paths_only(tmp_path):
+    """Stand-ins for the videos and weights where nothing is read (config planning only)."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "weights.pt").touch()
+    return tmp_path / "videos", tmp_path / "weights.pt"
+
+
+@pytest.fixture(autouse=True)
+def _no_active_mlflow_run():
+    yield
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def make_cfg(tmp_path: Path, assets) -> Config:
+    videos, weights = assets
+    return Config.from_dict({
+        "model": {"variant": "aim", "num_classes": len(CLASSES), "num_frames": 8, "image_size": 32,
+                  "drop_path": 0.0, "head_dropout": 0.0,
+                  "backbone": {"source": "tiny", "name": "aim-tiny-vit", "pretrained": str(weights),
+                               "width": 64, "layers": 3, "heads": 4, "patch_size": 8}},
+        "data": {"root": str(videos), "format": "folder", "val_fraction": 0.25, "sampler": "uniform",
+                 "test_clips": 1, "test_crops": 1, "short_side": 32, "crop_scale": [0.6, 1.0],
+                 "horizontal_flip": False, "videos_per_task": 8},
+        "optim": {"epochs": 2, "batch_size": 8, "per_device_batch": 8, "lr": 3e-3,
+                  "warmup_epochs": 0},
+        "run": {"name": "sw", "storage_path": str(tmp_path / "runs"), "num_workers": 1,
+                "cpus_per_worker": 0.5, "ingest_cpus": 0.25, "max_failures": 0,
+                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    })
+
+
+def child_runs(parent_run_id: str, uri: str | None = None) -> dict[str, mlflow.entities.Run]:
+    """The sweep's child runs by trial id."""
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {r.data.tags["trial_id"]: r for r in runs}
+
+
+def epochs_logged(run_id: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient().get_metric_history(run_id, "train_loss"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Studies and spaces (no Ray)
+# ----------------------------------------------------------------------------------------------
+
+def test_the_studies_are_the_papers_ablations(tmp_path, paths_only):
+    cfg = make_cfg(tmp_path, paths_only)
+    labels = lambda study, **kw: [s["label"] for s in plan_sweep(cfg, study, **kw).settings]
+    assert labels("components") == [
+        "frozen_space_only", "finetuned_space_only", "timesformer", "aim[spatial]",
+        "aim[spatial,temporal]", "aim[spatial,temporal,joint]"]
+    assert labels("placement") == ["bottom:1", "top:1", "every:2", "all"]  # 3 blocks: K = 1
+    assert labels("ratio") == ["ratio=0.0625", "ratio=0.125", "ratio=0.25", "ratio=0.5"]
+    assert labels("data-fraction") == [f"{v}@{f:g}" for f in DEFAULT_FRACTIONS
+                                       for v in ("aim", "timesformer")]
+    assert labels("data-fraction", fractions=(0.5, 1.0)) == [
+        "aim@0.5", "timesformer@0.5", "aim@1", "timesformer@1"]
+    components = plan_sweep(cfg, "components").settings
+    assert components[3]["overrides"] == {"model.variant": "aim",
+                                          "model.adapter.adaptations": ["spatial"]}
+
+
+def test_a_space_file_accepts_the_four_kinds_and_names_bad_entries(tmp_path, paths_only):
+    cfg = make_cfg(tmp_path, paths_only)
+    good = tmp_path / "space.yaml"
+    good.write_text("num_samples: 3\nparams:\n  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+                    "  optim.weight_decay: {uniform: [0.0, 0.1]}\n"
+                    "  model.adapter.ratio: {grid: [0.125, 0.25]}\n"
+                    "  model.adapter.placement: {choice: [all, 'top:2']}\n")
+    meta = plan_sweep(cfg, None, SearchSpace.load(good))
+    assert meta.space["num_samples"] == 3 and meta.settings == []
+    for text, message in (("params: {optim.lr: {normal: [0, 1]}}", "space.params.optim.lr"),
+                          ("params: {optim.lr: {uniform: [2, 1]}}", "low < high"),
+                          ("params: {optim.lrr: 0.1}", "unknown field 'lrr'")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            plan_sweep(cfg, None, SearchSpace.load(bad))
+    with pytest.raises(ConfigError, match="--study"):
+        plan_sweep(cfg, "ratios")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweeps on Ray
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_data_fraction_sweep_tracks_each_trial_and_reports_their_own_numbers(
+        tmp_path, assets, local_ray):
+    cfg = make_cfg(tmp_path, assets)
+    meta = plan_sweep(cfg, "data-fraction", fractions=(0.34, 0.67), register_best="sweep-best")
+    outcome = run_sweep(meta)
+
+    assert outcome.complete
+    children = child_runs(outcome.parent_run_id)
+    assert len(children) == 4                          # one child run per trial, one parent
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert epochs_logged(run.info.run_id) == [1, 2]      # per-epoch metrics, once each
+
+    # The subsets the trials actually trained on: stratified, nested, the same for both models.
+    used = {}
+    for run in children.values():
+        videos = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/ingest/train_videos.json")
+        key = (run.data.params["model.variant"], float(run.data.params["data.train_fraction"]))
+        used[key] = (set(videos["video_ids"]), Counter(videos["labels"]))
+    assert set(used) == {(v, f) for v in ("aim", "timesformer") for f in (0.34, 0.67)}
+    for f, per_class in ((0.34, 2), (0.67, 4)):       # of 6 training videos per class
+        assert used[("aim", f)][0] == used[("timesformer", f)][0]
+        assert used[("aim", f)][1] == Counter({c: per_class for c in range(len(CLASSES))})
+    assert used[("aim", 0.34)][0] < used[("aim", 0.67)][0]
+
+    # The report holds the trials' own numbers.
+    table = collect(outcome.path)
+    rows = json.loads((Path(outcome.report_dir) / "results.json").read_text())
+    report = (Path(outcome.report_dir) / "report.md").read_text()
+    assert [r["trial_id"] for r in rows] == [t.trial_id for t in table.rows] == sorted(children)
+    for row, trial in zip(rows, table.rows):
+        run = children[row["trial_id"]]
+        assert row["top1"] == run.data.metrics["final_top1"] == trial.results["final_top1"]
+        assert row["top5"] == run.data.metrics["final_top5"] == trial.results["final_top5"]
+        assert row["tunable_params"] == run.data.metrics["cost/tunable_params"]
+        assert row["gflops_per_view"] == run.data.metrics["cost/gflops_per_view"]
+        assert (f"| {row['setting']} | {row['variant']} |" in report
+                and f"| {100 * row['top1']:.1f} | {100 * row['top5']:.1f} |" in report)
+    by_variant = {r["variant"]: r["tunable_params"] for r in rows}
+    assert by_variant["aim"] < by_variant["timesformer"]  # adapters vs full fine-tuning
+
+    plots = {p.name for p in Path(outcome.report_dir).glob("*.png")}
+    assert plots == {"accuracy_vs_params.png", "accuracy_vs_fraction.png"}  # no ratio axis here
+    logged = {a.path for a in MlflowClient().list_artifacts(outcome.parent_run_id, "report")}
+    assert {"report/report.md", "report/accuracy_vs_fraction.png"} <= logged
+    assert list(Path(outcome.path).glob("trial_*/events.out.tfevents.*"))  # TensorBoard
+
+    best = table.best("val_top1", "max")
+    assert outcome.best_trial == best.trial_id
+    champion = MlflowClient().get_model_version_by_alias("sweep-best", "champion")
+    assert champion.run_id == best.mlflow_run_id
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_without_retraining_finished_trials(
+        tmp_path, assets, local_ray):
+    cfg = make_cfg(tmp_path, assets)
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  optim.lr: {grid: [1.0e-3, 1.0e-2]}\n")
+    meta = plan_sweep(cfg, None, SearchSpace.load(space), max_concurrent=1)
+    watcher = threading.Thread(target=_interrupt_when_a_trial_is_done_and_another_half_way,
+                               args=(meta,), daemon=True)
+    watcher.start()
+    first = run_sweep(meta)                           # Ctrl-C after trial 1 and epoch 1 of trial 2
+    watcher.join(timeout=5)
+
+    assert not first.complete
+    before = child_runs(first.parent_run_id)
+    finished = {t: r for t, r in before.items() if "final_top1" in r.data.metrics}
+    half_way = [t for t in before if t not in finished]
+    assert len(finished) == 1 and len(half_way) == 1
+    train_dir = Path(first.path) / "train"
+    checkpoints = {t: sorted(p.name for p in (train_dir / t).glob("checkpoint_*")) for t in before}
+    assert checkpoints[half_way[0]]                   # it had an epoch-1 checkpoint to resume from
+
+    second = run_sweep(meta, resume=True)
+
+    assert second.complete and second.parent_run_id == first.parent_run_id
+    after = child_runs(second.parent_run_id)
+    assert len(after) == 2                            # the half-way trial kept its run
+    (done_id, done_run), = finished.items()           # the finished trial was not trained again
+    assert after[done_id].data.metrics["final_top1"] == done_run.data.metrics["final_top1"]
+    assert sorted(p.name for p in (train_dir / done_id).glob("checkpoint_*")) == checkpoints[done_id]
+    for run in after.values():                        # no epoch ran twice, the half-way one included
+        assert run.info.status == "FINISHED"
+        assert epochs_logged(run.info.run_id) == [1, 2]
+    assert sorted(float(r.data.params["optim.lr"]) for r in after.values()) == [1e-3, 1e-2]
+
+
+def _interrupt_when_a_trial_is_done_and_another_half_way(meta) -> None:
+    """Ctrl-C the sweep once one trial finished and the next one has an epoch-1 checkpoint."""
+    client, deadline = MlflowClient(meta.tracking_uri), time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.3)
+        meta_file = Path(meta.path) / "aim_sweep.json"
+        if not meta_file.is_file():
+            continue
+        parent = json.loads(meta_file.read_text())["parent_run_id"]
+        runs = child_runs(parent, meta.tracking_uri) if parent else {}
+        done = [r for r in runs.values() if "final_top1" in r.data.metrics]
+        started = [r for r in runs.values() if r.info.status == "RUNNING"
+                   and "final_top1" not in r.data.metrics
+                   and client.get_metric_history(r.info.run_id, "train_loss")]
+        if done and started:
+            os.kill(os.getpid(), signal.SIGINT)
+            return
