@@ -62,6 +62,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.data.seed * 1000 + rank)
+    # One dataset per epoch: their progress bars would drown the line per epoch printed below.
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
     model = build_model(cfg.model)
     class_names: list[str] = config["class_names"]
