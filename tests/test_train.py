@@ -20,9 +20,10 @@ from pipelines import tracking
 from pipelines.synthetic import generate_synthetic
 from pipelines.train import RunExistsError, run_training
 
+from clusters import CLASSES, TinyAssets, training_config
+
 pytestmark = pytest.mark.slow
 
-CLASSES = ("blue_circle", "move_left_to_right", "move_right_to_left", "red_square")
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +34,12 @@ def assets(tmp_path_factory):
     return root / "synthetic" / "videos", weights
 
 
-def make_cfg(tmp_path: Path, assets, **run) -> Config:
+def make_cfg(tmp_path: Path, assets, name: str, **run) -> Config:
+    """The shared tiny training config, 6 epochs, two half-CPU workers unless ``run`` says else."""
     videos, weights = assets
-    return Config.from_dict({
-        "model": {"variant": "aim", "num_classes": len(CLASSES), "num_frames": 8, "image_size": 32,
-                  "drop_path": 0.0, "head_dropout": 0.0,
-                  "backbone": {"source": "tiny", "name": "aim-tiny-vit", "pretrained": str(weights),
-                               "width": 64, "layers": 3, "heads": 4, "patch_size": 8}},
-        "data": {"root": str(videos), "format": "folder", "val_fraction": 0.25, "sampler": "uniform",
-                 "test_clips": 1, "test_crops": 1, "short_side": 32, "crop_scale": [0.6, 1.0],
-                 "horizontal_flip": False, "videos_per_task": 8},
-        "optim": {"epochs": 6, "batch_size": 8, "per_device_batch": 4, "lr": 3e-3,
-                  "warmup_epochs": 1},
-        "run": {"name": "t", "storage_path": str(tmp_path / "runs"), "num_workers": 2,
-                "cpus_per_worker": 0.5, "max_failures": 2,
-                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", **run},
-    })
+    run = {"num_workers": 2, "cpus_per_worker": 0.5, **run}
+    return Config.from_dict(training_config(tmp_path, TinyAssets(videos, weights), name=name,
+                                            epochs=6, run=run))
 
 
 def test_two_cpu_workers_beat_chance_and_register_a_model_that_reloads(tmp_path, assets, local_ray):
