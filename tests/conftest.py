@@ -55,3 +55,14 @@ def clip_tower(tmp_path_factory):
     torch.save({"state_dict": {f"visual.{k}": v for k, v in tower.state_dict().items()}}, path)
     tower.proj = None  # its output is then ln_post(CLS): the per-frame image feature
     return tower, str(path)
+
+
+@pytest.fixture
+def isolated_mlflow(monkeypatch):
+    """MLflow keeps the URI in a module global and exports it to the environment: undo both."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    yield
+    mlflow.set_tracking_uri(None)

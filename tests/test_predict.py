@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 import videotools
@@ -26,12 +25,8 @@ RANKED_LINE = re.compile(r"^  (\d)\. (\S+)\s+(\d\.\d{4})$")
 
 
 @pytest.fixture(autouse=True)
-def isolated_mlflow(monkeypatch):
-    """MLflow keeps the URI in a module global and exports it to the environment: undo both."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+def _mlflow_isolated(isolated_mlflow):
     yield
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")

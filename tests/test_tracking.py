@@ -24,12 +24,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(autouse=True)
-def isolated_mlflow(monkeypatch):
-    """MLflow keeps the URI in a module global and exports it to the environment: undo both."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+def _mlflow_isolated(isolated_mlflow):
     yield
-    mlflow.set_tracking_uri(None)
 
 CLASSES = ["left", "right", "up", "down", "grow"]
 
