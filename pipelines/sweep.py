@@ -359,7 +359,13 @@ def default_concurrency(cfg: Config) -> int:
     if cfg.run.use_gpu or (cfg.run.use_gpu is None and res.get("GPU", 0) > 0):
         fit = min(fit, math.floor(res.get("GPU", 0) / (cfg.run.num_workers * cfg.run.gpus_per_worker)
                                   + 1e-9))
-    return max(1, fit)
+    if fit < 1:
+        raise ConfigError(
+            f"run: a trial needs {per_trial:.2f} CPUs (run.num_workers x run.cpus_per_worker + "
+            f"decoding + 0.1 for the trial) but the cluster has {res.get('CPU', 0):g}: lower "
+            f"run.cpus_per_worker or run.ingest_cpus (e.g. --set run.cpus_per_worker=0.5 "
+            f"--set run.ingest_cpus=0.5), or it would wait forever")
+    return fit
 
 
 def run_sweep(meta: SweepMeta, *, resume: bool = False) -> SweepOutcome:
