@@ -48,6 +48,12 @@ TRAIN_DIR = "train"
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 RATIOS = (0.0625, 0.125, 0.25, 0.5)
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform")
+#: What a trial reports after every epoch (the ``val_`` ones on evaluated epochs) and, at its end,
+#: on top of the last epoch's: the final evaluation and the model's cost.
+EPOCH_METRICS = ("train_loss", "train_top1", "clips_per_s", "epoch_seconds", "val_top1",
+                 "val_top5", "val_mean_class_acc")
+FINAL_METRICS = ("final_top1", "final_top5", "final_mean_class_acc", "tunable_params",
+                 "gflops_per_view")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,7 +272,7 @@ def run_trial(config: dict[str, Any], *, meta: SweepMeta) -> None:
     outcome = run_training(cfg, resume=True, parent_run_id=meta.parent_run_id, tags=tags,
                            callbacks=[TuneReportCallback()])
     ev, cost = outcome.evaluation, outcome.cost
-    tune.report({"epoch": outcome.history[-1]["epoch"], "val_top1": ev["top1"],
+    tune.report({**outcome.history[-1], "val_top1": ev["top1"],
                  "val_top5": ev["top5"], "val_mean_class_acc": ev["mean_class_acc"],
                  "final_top1": ev["top1"], "final_top5": ev["top5"],
                  "final_mean_class_acc": ev["mean_class_acc"],
@@ -312,9 +318,13 @@ def plan_sweep(cfg: Config, study: str | None, space: SearchSpace | None = None,
         raise ConfigError(f"sweep --study: expected one of {list(STUDIES)}, got {study!r}")
     if mode not in ("max", "min"):
         raise ConfigError(f"sweep --mode: expected max or min, got {mode!r}")
-    if asha and cfg.optim.eval_every != 1:
-        raise ConfigError("sweep --asha compares trials on every epoch's metric: set "
-                          "optim.eval_every=1")
+    allowed = EPOCH_METRICS if asha else EPOCH_METRICS + FINAL_METRICS
+    if metric not in allowed:
+        why = " (--asha compares trials after every epoch)" if asha else ""
+        raise ConfigError(f"sweep --metric: expected one of {list(allowed)}{why}, got {metric!r}")
+    if asha and cfg.optim.eval_every != 1 and metric.startswith("val_"):
+        raise ConfigError(f"sweep --asha compares trials on every epoch's {metric}: set "
+                          f"optim.eval_every=1")
     cfg = tracking.pin_tracking_uri(absolute_paths(cfg))
     settings = STUDIES[study](cfg, fractions=fractions) if study else []
     base = cfg.to_dict()

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from aim_core.config import Config, ConfigError
 from aim_core.tiny import pretrain_tiny_backbone
 from pipelines.report import collect
-from pipelines.sweep import DEFAULT_FRACTIONS, SearchSpace, plan_sweep, run_sweep
+from pipelines.sweep import DEFAULT_FRACTIONS, SearchSpace, apply_overrides, plan_sweep, run_sweep
 from pipelines.synthetic import generate_synthetic
 
 CLASSES = ("blue_circle", "move_left_to_right", "move_right_to_left", "red_square")
@@ -122,6 +122,19 @@ def test_a_space_file_accepts_the_four_kinds_and_names_bad_entries(tmp_path, pat
         plan_sweep(cfg, "ratios")
 
 
+def test_the_metric_must_be_one_the_trials_report_when_the_scheduler_reads_it(tmp_path, paths_only):
+    cfg = make_cfg(tmp_path, paths_only)
+    assert plan_sweep(cfg, "ratio", metric="final_top1").metric == "final_top1"
+    assert plan_sweep(cfg, "ratio", metric="train_loss", mode="min", asha=True).asha
+    with pytest.raises(ConfigError, match=r"--metric: expected one of .*'val_top1'.*got 'val_acc'"):
+        plan_sweep(cfg, "ratio", metric="val_acc")
+    with pytest.raises(ConfigError, match="--asha compares trials after every epoch"):
+        plan_sweep(cfg, "ratio", metric="final_top1", asha=True)  # only known at the end
+    sparse = apply_overrides(cfg.to_dict(), {"optim.eval_every": 2})
+    with pytest.raises(ConfigError, match="optim.eval_every=1"):
+        plan_sweep(sparse, "ratio", asha=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Sweeps on Ray
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +227,27 @@ def test_an_interrupted_sweep_resumes_without_retraining_finished_trials(
         assert run.info.status == "FINISHED"
         assert epochs_logged(run.info.run_id) == [1, 2]
     assert sorted(float(r.data.params["optim.lr"]) for r in after.values()) == [1e-3, 1e-2]
+
+
+@pytest.mark.slow
+def test_asha_stops_a_trial_that_falls_behind_at_the_first_rung(tmp_path, assets, local_ray):
+    cfg = make_cfg(tmp_path, assets)
+    space = tmp_path / "space.yaml"                   # a sane learning rate, then one that diverges
+    space.write_text("params:\n  optim.lr: {grid: [1.0e-3, 1.0]}\n"
+                     "asha: {grace_period: 1, reduction_factor: 2}\n")
+    meta = plan_sweep(cfg, None, SearchSpace.load(space), metric="train_loss", mode="min",
+                      asha=True, max_concurrent=1)  # one at a time: the second meets a full rung
+    outcome = run_sweep(meta)
+
+    assert outcome.complete
+    runs = {float(r.data.params["optim.lr"]): r for r in child_runs(outcome.parent_run_id).values()}
+    sane, diverged = runs[1e-3], runs[1.0]
+    assert sane.info.status == "FINISHED" and epochs_logged(sane.info.run_id) == [1, 2]
+    assert diverged.info.status == "KILLED" and epochs_logged(diverged.info.run_id) == [1]
+    assert "final_top1" not in diverged.data.metrics  # stopped before its final evaluation
+    assert outcome.best_trial == sane.data.tags["trial_id"]
+    table = collect(outcome.path)
+    assert [r.trial_id for r in table.rows if r.finished] == [outcome.best_trial]
 
 
 def _interrupt_when_a_trial_is_done_and_another_half_way(meta) -> None:
