@@ -3,6 +3,11 @@
 Counts run on the ``meta`` device, so ViT-L/14 at 32 frames costs neither memory nor time. GFLOPs
 are multiply-accumulates (the convention of fvcore and of the paper's tables), i.e. half of what
 torch's flop counter reports; only matmuls, convolutions and attention are counted, as there.
+
+The training step is counted too (forward and backward of one clip, activation-checkpointing
+recomputation included): a frozen weight needs no weight gradient, so AIM's backward is about one
+forward where full fine-tuning's is two. On a compute-bound device this ratio is the floor of the
+step-time ratio that ``benchmarks/train_step.py`` measures.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ class ModelCost:
     tunable_params: int
     gflops_per_view: float
     views: int
+    train_gflops_per_clip: float | None = None   # forward + backward, in training mode
 
     @property
     def gflops_all_views(self) -> float:
@@ -34,7 +40,10 @@ class ModelCost:
                 f"tunable params {self.tunable_params / 1e6:8.2f} M "
                 f"({100 * self.tunable_params / self.total_params:.1f}%)\n"
                 f"GFLOPs / view  {self.gflops_per_view:8.1f}\n"
-                f"GFLOPs x {self.views:<2d}    {self.gflops_all_views:8.1f} (test views)")
+                f"GFLOPs x {self.views:<2d}    {self.gflops_all_views:8.1f} (test views)"
+                + ("" if self.train_gflops_per_clip is None else
+                   f"\ntrain GFLOPs   {self.train_gflops_per_clip:8.1f} per clip (forward + "
+                   f"backward)"))
 
 
 def gmacs_per_view(model: torch.nn.Module, cfg: ModelConfig) -> float:
@@ -49,6 +58,23 @@ def gmacs_per_view(model: torch.nn.Module, cfg: ModelConfig) -> float:
     return counter.get_total_flops() / 2e9
 
 
+def train_gmacs_per_clip(model: torch.nn.Module, cfg: ModelConfig) -> float:
+    """Multiply-accumulates, in billions, of a training step's forward and backward for one clip.
+
+    In training mode, so checkpointed blocks are counted twice; the optimizer step (elementwise)
+    is not counted, as no elementwise op is.
+    """
+    device = next(model.parameters()).device
+    clip = torch.empty(1, 3, cfg.num_frames, cfg.image_size, cfg.image_size, device=device)
+    was_training = model.training
+    model.train()
+    with FlopCounterMode(display=False) as counter, torch.enable_grad():
+        model(clip).sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return counter.get_total_flops() / 2e9
+
+
 def model_cost(cfg: Config | ModelConfig, views: int | None = None) -> ModelCost:
     """Counts for a config without loading any weights."""
     from .backbones import build_model
@@ -59,4 +85,5 @@ def model_cost(cfg: Config | ModelConfig, views: int | None = None) -> ModelCost
     model = build_model(model_cfg, device="meta")
     total = sum(p.numel() for p in model.parameters())
     tunable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ModelCost(total, tunable, gmacs_per_view(model, model_cfg), views)
+    return ModelCost(total, tunable, gmacs_per_view(model, model_cfg), views,
+                     train_gmacs_per_clip(model, model_cfg))

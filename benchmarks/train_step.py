@@ -18,33 +18,35 @@ Each variant runs in a fresh subprocess (the script re-invokes itself with the h
 variant cannot inflate the next one's numbers.
 
 What is measured
+  GMACs       multiply-accumulates of the step's forward and backward for the whole batch, counted
+              on the meta device (``aim_core.accounting.train_gmacs_per_clip``): the work the
+              device has to do, whatever the implementation;
   step time   median wall time of ``--steps`` steps after ``--warmup`` warm-up steps (the first
               step also allocates the AdamW state); CUDA steps are synchronised. ``cpu (s)`` is
               the median process CPU time of a step (all threads): on a shared CPU machine it is
               far less sensitive to other processes than wall time, and a load-average warning is
               printed when the machine was busy.
-  peak memory CUDA: ``torch.cuda.max_memory_allocated()`` over the timed steps, after
-              ``reset_peak_memory_stats()`` once the model and input are on the device; it counts
-              every live tensor (weights, grads, AdamW state, activations), not the caching
-              allocator's reserve or the CUDA context.
-              CPU: torch has no CPU allocator statistics (``torch.cpu.memory_stats`` does not exist),
-              so the peak resident set is used: ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end
-              minus the RSS measured after the imports, before the model is built. It therefore
-              counts weights, grads, AdamW state, activations and the oneDNN/OpenMP workspaces, plus
-              whatever the glibc heap keeps around (a fragmentation upper bound; large tensors are
-              mmap'ed and returned on free). ``above model`` is the peak minus the RSS once the model
-              and the input exist (i.e. grads + optimizer state + activations + workspace).
+  peak memory the bytes of live tensors at the step's high point: weights, grads, AdamW state,
+              activations and backward's temporaries, not an allocator's cache or reserve.
+              CUDA: ``torch.cuda.max_memory_allocated()`` over the timed steps.
+              CPU: torch keeps no CPU allocator statistics, so one extra, untimed step runs under
+              ``benchmarks.memory.LiveTensorPeak``, a dispatch mode that adds each new storage's
+              bytes and subtracts them when it is freed. ``RSS GiB`` (peak resident set growth
+              since the imports) is printed beside it: it also holds what the C heap kept of
+              freed tensors, which differed by up to 1 GiB between two models with the same
+              tensors, so it is not used for the ratios.
+              ``above model`` is the peak minus the weights, buffers and the input batch.
   targets     AIM <= 0.6x the step time and <= 0.5x the peak memory of the full fine-tune
               (``timesformer``); both ratios are printed and checked.
 
 Default run: ViT-B/16, batch 2 x 8 frames x 224^2; ``--steps`` 3 on CPU (about 5 minutes on 2
 cores for the three variants) and 20 on CUDA. Pass ``--json PATH`` to also write the results.
 
-Reading CPU results: on a CPU every FLOP costs the same wherever it is, so the step time follows
-the FLOPs that backward has to do. Frozen weights skip the weight-gradient matmuls, but the
-trainable temporal embedding at the input makes every block need input gradients, and AIM runs
-the frozen attention twice per block (over frames and over tokens) plus the adapters; see the
-notes in the final report for what this costs and what can be saved.
+Reading CPU results: on a CPU the step time follows the GMACs (the matmuls are nearly all of it),
+so their ratio is the floor of the time ratio. Frozen weights skip the weight-gradient matmuls
+(backward is about one forward instead of two), but the trainable temporal embedding at the input
+makes every block need input gradients, and AIM runs the frozen attention twice per block (over
+frames and over tokens) plus the adapters: about 0.72x the full fine-tune's work for ViT-B/16.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def run_variant(args: argparse.Namespace, name: str) -> dict:
 
     from aim_core.backbones import build_model, resolve_spec
     from aim_core.config import BackboneConfig, ModelConfig
+    from aim_core.accounting import model_cost
+    from benchmarks.memory import LiveTensorPeak, storage_bytes
     from aim_core.model import count_parameters
 
     logging.getLogger("aim_core").setLevel(logging.ERROR)  # "random init" warning is expected here
@@ -145,9 +149,7 @@ def run_variant(args: argparse.Namespace, name: str) -> dict:
 
     if cuda:
         torch.cuda.synchronize()
-        static = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    rss_model = _rss_bytes()
 
     load = [os.getloadavg()[0]]
     for _ in range(args.warmup):
@@ -162,17 +164,24 @@ def run_variant(args: argparse.Namespace, name: str) -> dict:
         cpu_times.append(time.process_time() - c0)
 
     load.append(os.getloadavg()[0])
+    train_gmacs = model_cost(cfg).train_gflops_per_clip * args.batch  # meta device: no memory
+    model_bytes = storage_bytes([*model.parameters(), *model.buffers(), x, y])
+    rss_growth = _maxrss_bytes() - rss_start
     if cuda:
         peak = torch.cuda.max_memory_allocated()
-        above = peak - static
-    else:
-        maxrss = _maxrss_bytes()
-        peak = maxrss - rss_start
-        above = maxrss - rss_model
+    else:  # one more, untimed step under the live-tensor tracker (it slows every op down)
+        opt_state = [t for state in opt.state.values() for t in state.values()
+                     if isinstance(t, torch.Tensor)]
+        with LiveTensorPeak(existing=[*model.parameters(), *model.buffers(), x, y,
+                                      *opt_state]) as live:
+            step()
+        peak = model_bytes + storage_bytes(opt_state) + live.peak
     return dict(variant=name, total_params=total, tunable_params=tunable, times=times,
                 median_s=statistics.median(times), min_s=min(times), cpu_times=cpu_times,
-                median_cpu_s=statistics.median(cpu_times), max_load=max(load), peak_bytes=peak, above_model_bytes=above,
-                device=str(device), threads=torch.get_num_threads(), torch=torch.__version__)
+                median_cpu_s=statistics.median(cpu_times), max_load=max(load), peak_bytes=peak,
+                above_model_bytes=peak - model_bytes, rss_growth_bytes=rss_growth,
+                train_gmacs=train_gmacs, device=str(device), threads=torch.get_num_threads(),
+                torch=torch.__version__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,16 +232,17 @@ def main(argv: list[str] | None = None) -> int:
               f"(steps: {', '.join(f'{t:.2f}' for t in r['times'])} s)", flush=True)
     first = next(iter(results.values()))
     mem_kind = ("cuda max_memory_allocated" if args.device == "cuda"
-                else "peak RSS growth since imports")
+                else "peak bytes of live tensors (LiveTensorPeak)")
     print(f"\ntorch {first['torch']}, {first['threads']} threads; memory = {mem_kind}\n")
-    header = (f"{'variant':<22s} {'tunable':>9s} {'total':>9s} {'step (s)':>9s} {'cpu (s)':>8s} "
-              f"{'peak GiB':>9s} {'above model':>12s}")
+    header = (f"{'variant':<22s} {'tunable':>9s} {'total':>9s} {'GMACs':>7s} {'step (s)':>9s} "
+              f"{'cpu (s)':>8s} {'peak GiB':>9s} {'above model':>12s} {'RSS GiB':>8s}")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         print(f"{name:<22s} {r['tunable_params'] / 1e6:8.2f}M {r['total_params'] / 1e6:8.2f}M "
-              f"{r['median_s']:9.3f} {r['median_cpu_s']:8.2f} {_gib(r['peak_bytes']):>9s} "
-              f"{_gib(r['above_model_bytes']):>12s}")
+              f"{r['train_gmacs']:7.0f} {r['median_s']:9.3f} {r['median_cpu_s']:8.2f} "
+              f"{_gib(r['peak_bytes']):>9s} {_gib(r['above_model_bytes']):>12s} "
+              f"{_gib(r['rss_growth_bytes']):>8s}")
     busy = max(r["max_load"] for r in results.values())
     if args.device == "cpu" and busy > (os.cpu_count() or 1):
         print(f"WARNING: 1-min load average reached {busy:.1f} on {os.cpu_count()} CPUs during the "
@@ -244,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for name in [n for n in results if n != "timesformer"]:
             r = results[name]
-            print(f"{name}/timesformer: time {r['median_s'] / ref['median_s']:.2f}x "
-                  f"(cpu time {r['median_cpu_s'] / ref['median_cpu_s']:.2f}x), peak memory {r['peak_bytes'] / ref['peak_bytes']:.2f}x, "
-                  f"above-model memory {r['above_model_bytes'] / ref['above_model_bytes']:.2f}x")
+            print(f"{name}/timesformer: step GMACs {r['train_gmacs'] / ref['train_gmacs']:.2f}x, "
+                  f"time {r['median_s'] / ref['median_s']:.2f}x "
+                  f"(cpu time {r['median_cpu_s'] / ref['median_cpu_s']:.2f}x), "
+                  f"peak memory {r['peak_bytes'] / ref['peak_bytes']:.2f}x, above-model memory {r['above_model_bytes'] / ref['above_model_bytes']:.2f}x")
         for name in [n for n in ("aim", CKPT) if n in results]:
             r = results[name]
             t_ratio = r["median_s"] / ref["median_s"]

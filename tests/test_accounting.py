@@ -64,3 +64,13 @@ def test_components_table_1_on_imagenet21k_vit(variant, adaptations, total, tuna
 def test_views_follow_the_data_config():
     cfg = Config(model=ModelConfig(backbone=CLIP_B16), data=DataConfig(test_clips=3, test_crops=1))
     assert model_cost(cfg).views == 3
+
+
+def test_a_frozen_backbone_makes_the_backward_pass_about_one_forward_instead_of_two():
+    aim, full = cost(), cost(variant="timesformer")
+    assert aim.train_gflops_per_clip / aim.gflops_per_view == pytest.approx(2.1, abs=0.1)
+    assert full.train_gflops_per_clip / full.gflops_per_view == pytest.approx(3.0, abs=0.05)
+    assert aim.train_gflops_per_clip / full.train_gflops_per_clip == pytest.approx(0.72, abs=0.01)
+    recompute = model_cost(ModelConfig(backbone=CLIP_B16, grad_checkpointing=True))
+    assert (recompute.train_gflops_per_clip - aim.train_gflops_per_clip
+            == pytest.approx(aim.gflops_per_view, rel=0.01))      # checkpointing: one more forward

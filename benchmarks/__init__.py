@@ -1,0 +1,1 @@
+"""Benchmarks, runnable as scripts (see README); a package so tests can import their helpers."""

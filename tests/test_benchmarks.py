@@ -1,0 +1,65 @@
+"""The benchmarks measure what they say: live-tensor memory on the CPU, and a runnable step benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.memory import LiveTensorPeak, storage_bytes
+
+MB = 2**20
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_peak_counts_tensors_alive_at_the_same_time_and_forgets_freed_ones():
+    with LiveTensorPeak() as live:
+        a = torch.empty(8 * MB, dtype=torch.uint8)
+        b = torch.empty(4 * MB, dtype=torch.uint8)
+        del a
+        c = torch.empty(2 * MB, dtype=torch.uint8)
+        assert live.live == 6 * MB
+        view = b[: MB].view(torch.int32)          # a view is the same memory
+    assert live.peak == 12 * MB and live.live == 6 * MB
+    del b, c, view
+
+
+def test_writing_into_existing_tensors_is_not_new_memory():
+    weights = torch.zeros(4 * MB, dtype=torch.uint8)
+    with LiveTensorPeak(existing=[weights]) as live:
+        weights.add_(1)
+        torch.add(weights, 1, out=weights)
+    assert live.peak == 0
+
+
+def test_storage_bytes_counts_shared_storage_once():
+    t = torch.empty(MB, dtype=torch.uint8)
+    assert storage_bytes([t, t[:10], t.view(torch.int16)]) == MB
+
+
+def test_backward_memory_is_tracked_too():
+    x = torch.randn(256, 1024, requires_grad=True)
+    with LiveTensorPeak(existing=[x]) as live:
+        (x.exp() * 2).sum().backward()
+    assert live.peak >= 2 * x.nbytes                 # exp's saved output and x's gradient
+
+
+@pytest.mark.slow
+def test_the_train_step_benchmark_runs_and_compares_the_variants(tmp_path):
+    out = tmp_path / "step.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--device", "cpu",
+         "--size", "32", "--frames", "2", "--batch", "1", "--steps", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "aim/timesformer: step GMACs 0.72x" in proc.stdout
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"aim", "timesformer", "finetuned_space_only"}
+    aim, full = results["aim"], results["timesformer"]
+    assert aim["tunable_params"] < 0.1 * full["tunable_params"]
+    # no weight gradients or AdamW state for the frozen backbone
+    assert aim["peak_bytes"] < full["peak_bytes"] - 3 * 4 * 80e6
