@@ -155,7 +155,7 @@ def run_compare(eval_a: str | Path, eval_b: str | Path, names: Sequence[str] = (
     Returns ``top`` and ``bottom`` (:class:`ClassDiff` lists), ``diffs`` (all, sorted) and
     ``files`` (every path written).
     """
-    from pipelines.tracking import plot_confusion
+    from pipelines.plots import plot_confusion
 
     if k < 1:
         raise ValueError(f"--k must be a positive integer, got {k}")

@@ -73,7 +73,7 @@ def accuracy_on(evaluation: dict, class_names: list[str], keep: set[str]) -> flo
 def run_demo(data_dir: str | Path = "demo_data", config: str | Path = DEMO_CONFIG,
              overrides: list[str] | None = None, videos_per_class: int = 40,
              register_as: str = REGISTERED_NAME) -> list[DemoRow]:
-    from pipelines import tracking
+    from pipelines import registry, tracking
     from pipelines.train import run_training
 
     started = time.perf_counter()
@@ -96,7 +96,7 @@ def run_demo(data_dir: str | Path = "demo_data", config: str | Path = DEMO_CONFI
                             outcome.mlflow_run_id, outcome.model_dir))
     best = max(rows, key=lambda r: r.top1)
     tracking.configure(base)
-    version = tracking.register_model(best.model_dir, register_as, "champion",
+    version = registry.register_model(best.model_dir, register_as, "champion",
                                       run_id=best.mlflow_run_id, cfg=base)
     print(format_table(rows, len(temporal), len(class_map)))
     print(f"\nregistered the better model ({best.label}) as models:/{register_as}@champion "

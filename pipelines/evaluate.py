@@ -238,7 +238,7 @@ def summary(metrics: dict[str, Any]) -> str:
 
 def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """``eval.json`` and ``confusion.png`` in ``out_dir``; returns both paths."""
-    from pipelines.tracking import plot_confusion
+    from pipelines.plots import plot_confusion
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +274,8 @@ def run_eval(cfg: Config, model_ref: str, out_dir: str | Path, engine: str = "lo
     from dataclasses import replace
 
     from aim_core.annotations import ClassMap, load_split
-    from pipelines.tracking import configure, is_mlflow_uri, resolve_model, source_run_id
+    from pipelines.registry import is_mlflow_uri, resolve_model, source_run_id
+    from pipelines.tracking import configure
 
     configure(cfg)
     device = default_device()

@@ -492,7 +492,7 @@ def register_best(meta: SweepMeta, run_id: str | None) -> str:
     """Register the best trial's logged checkpoint as ``models:/<name>@champion``."""
     import tempfile
 
-    from . import tracking
+    from . import registry, tracking
 
     if run_id is None:
         raise RuntimeError("the best trial has no MLflow run to register from")
@@ -500,7 +500,7 @@ def register_best(meta: SweepMeta, run_id: str | None) -> str:
         ckpt = tracking.mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path="checkpoint/model.pt", dst_path=tmp,
             tracking_uri=meta.tracking_uri)
-        version = tracking.register_model(ckpt, meta.register_best, "champion", run_id=run_id,
+        version = registry.register_model(ckpt, meta.register_best, "champion", run_id=run_id,
                                           cfg=Config.from_dict(meta.base))
     tracking.mlflow.set_tag("registered_model", f"{meta.register_best}/{version.version}")
     print(f"[aim-video sweep] registered models:/{meta.register_best}@champion "

@@ -34,7 +34,7 @@ from aim_core.checkpoint import MODEL_FILE, save_model
 from aim_core.config import Config
 from aim_core.transforms import build_train_transform
 
-from . import ingest, tracking
+from . import ingest, plots, registry, tracking
 from .evaluate import VideoScores, score_rows
 from .cluster_config import check_storage, dashboard_host, train_scaling
 from .optimization import Precision, accumulation_steps, build_optimizer, build_scheduler
@@ -414,7 +414,7 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
         outcome = _collect(result, cfg, name, mlflow_run_id, class_names, cost)
         _log_final(outcome)
         if register_as:
-            version = tracking.register_model(outcome.model_dir, register_as, alias,
+            version = registry.register_model(outcome.model_dir, register_as, alias,
                                               run_id=mlflow_run_id, cfg=cfg)
             outcome.registered_version = version.version
             print(f"[aim-video train] registered models:/{register_as}@{alias} "
@@ -443,9 +443,9 @@ def _log_final(outcome: TrainOutcome) -> None:
     tracking.mlflow.log_metrics({"final_top1": ev["top1"], "final_top5": ev["top5"],
                                  "final_mean_class_acc": ev["mean_class_acc"]})
     with tempfile.TemporaryDirectory() as tmp:
-        tracking.log_figure(tracking.plot_curves(outcome.history, Path(tmp) / "curves.png"))
-        tracking.log_figure(tracking.plot_confusion(ev["confusion"], outcome.class_names,
-                                                    Path(tmp) / "confusion.png"))
+        tracking.log_figure(plots.plot_curves(outcome.history, Path(tmp) / "curves.png"))
+        tracking.log_figure(plots.plot_confusion(ev["confusion"], outcome.class_names,
+                                                 Path(tmp) / "confusion.png"))
     tracking.mlflow.log_dict(ev, "evaluation/eval.json")
     tracking.mlflow.log_artifact(str(outcome.model_dir / MODEL_FILE), "checkpoint")
     print(f"[aim-video train] done: val top-1 {100 * ev['top1']:.1f}%, top-5 {100 * ev['top5']:.1f}%, "

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from aim_core.config import AdapterConfig, BackboneConfig, ModelConfig
+from aim_core.config import (AdapterConfig, BackboneConfig, Config, DataConfig, ModelConfig,
+                             OptimConfig, RunConfig)
 
 FRAMES = 4
+CLASSES = ["left", "right", "up", "down", "grow"]
 
 
 def tiny_cfg(variant: str = "aim", weights: str | None = None, **adapter) -> ModelConfig:
@@ -29,3 +33,24 @@ def perturb_adapters(model: torch.nn.Module, seed: int = 1) -> None:
         for name, p in model.named_parameters():
             if "adapter" in name or name == "temporal_embedding":
                 p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """Move every tunable weight away from its init so outputs depend on each one of them."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.tunable_parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+def tracked_config(tmp_path: Path, weights: str | None = None) -> Config:
+    """:func:`tiny_cfg`'s model with data, optim and run settings, tracked in ``tmp_path/mlflow.db``."""
+    return Config(
+        model=tiny_cfg(weights=weights),
+        data=DataConfig(root=str(tmp_path / "videos"), test_clips=2, test_crops=1,
+                        frame_interval=2, short_side=32, horizontal_flip=False),
+        optim=OptimConfig(epochs=2, warmup_epochs=0, per_device_batch=4),
+        run=RunConfig(name="t", mlflow_experiment="aim-test",
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    ).validate()

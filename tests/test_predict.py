@@ -14,12 +14,13 @@ from mlflow import MlflowClient
 from aim_core.backbones import build_model
 from aim_core.checkpoint import save_model
 from aim_core.config import Config
-from pipelines import tracking
+from pipelines import registry, tracking
 from pipelines.cli import main
 from pipelines.evaluate import evaluate, load_views, predict_video
 from pipelines.predict import predict_videos
 
-from .test_tracking import CLASSES, PNG_SIGNATURE, tiny_config, trained_like
+from .modeltools import CLASSES, tracked_config, trained_like
+from .test_plots import PNG_SIGNATURE
 
 RANKED_LINE = re.compile(r"^  (\d)\. (\S+)\s+(\d\.\d{4})$")
 
@@ -45,7 +46,7 @@ def data_root(tmp_path_factory) -> Path:
 def checkpoint(tmp_path_factory, data_root) -> tuple[Path, Config]:
     """A tiny model (random backbone, so the checkpoint holds every weight) with class names."""
     tmp = tmp_path_factory.mktemp("model")
-    cfg = tiny_config(tmp)
+    cfg = tracked_config(tmp)
     cfg.data.root = str(data_root)
     cfg.data.test_crops = 3
     torch.manual_seed(0)
@@ -91,7 +92,7 @@ def test_a_video_gives_clips_times_crops_normalised_views(checkpoint, data_root)
 
 def test_video_probabilities_are_the_mean_softmax_over_its_views(checkpoint, data_root):
     ckpt, cfg = checkpoint
-    model, _, _ = tracking.resolve_model(ckpt)
+    model, _, _ = registry.resolve_model(ckpt)
     path = videos(data_root)[0]
     with torch.no_grad():
         expected = model(load_views(path, cfg)).softmax(-1).mean(0)
@@ -139,7 +140,7 @@ def test_predict_views_follow_overrides_of_the_model_config(checkpoint, data_roo
     assert main(["predict", path, "--model", str(ckpt), "--set", "data.test_clips=1",
                  "--set", "data.test_crops=1"]) == 0
     printed = parse_predictions(capsys.readouterr().out)[path]
-    model, _, _ = tracking.resolve_model(ckpt)
+    model, _, _ = registry.resolve_model(ckpt)
     one_view = Config.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"],
                                                            "test_clips": 1, "test_crops": 1}})
     (pred,) = predict_videos(model, one_view, CLASSES, [path])
@@ -159,7 +160,7 @@ def test_predict_runs_a_released_official_checkpoint_with_a_labels_file(data_roo
     assert main(["predict", path, "--model", str(tmp_path / "aim_k400.pth"),
                  "--labels", str(labels), "--topk", "3"]) == 0
     assert "  1. action " in capsys.readouterr().out
-    model, cfg, names = tracking.resolve_model(tmp_path / "aim_k400.pth")
+    model, cfg, names = registry.resolve_model(tmp_path / "aim_k400.pth")
     assert names is None and cfg.model.num_classes == 7
     assert (cfg.data.sampler, cfg.data.test_clips, cfg.data.test_crops) == ("dense", 3, 1)
 
@@ -171,7 +172,7 @@ def test_predict_runs_a_released_official_checkpoint_with_a_labels_file(data_roo
 def test_evaluation_scores_each_readable_video_once_and_lists_the_rest(checkpoint, data_root,
                                                                         broken):
     ckpt, cfg = checkpoint
-    model, _, _ = tracking.resolve_model(ckpt)
+    model, _, _ = registry.resolve_model(ckpt)
     files = videos(data_root)
     labelled = [(str(p), CLASSES.index(p.parent.name)) for p in files] + [(str(broken), 0)]
     result = evaluate(model, cfg, labelled, CLASSES)
@@ -213,7 +214,7 @@ def test_eval_of_a_registered_model_is_logged_to_its_run(checkpoint, tmp_path, c
     cfg = Config.from_dict(cfg.to_dict())
     cfg.run.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with tracking.start_run(cfg, run_name="train") as run:
-        tracking.register_model(ckpt, "tiny-eval", run_id=run.info.run_id, cfg=cfg)
+        registry.register_model(ckpt, "tiny-eval", run_id=run.info.run_id, cfg=cfg)
     config = write_config(cfg, tmp_path / "eval.yaml")
     assert main(["eval", str(config), "--model", "models:/tiny-eval@champion",
                  "--out", str(tmp_path / "report")]) == 0
@@ -233,7 +234,7 @@ def test_predict_resolves_a_registry_alias_from_the_environment(checkpoint, data
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = Config.from_dict(cfg.to_dict())
     cfg.run.tracking_uri = uri
-    tracking.register_model(ckpt, "tiny-predict", cfg=cfg)
+    registry.register_model(ckpt, "tiny-predict", cfg=cfg)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     path = str(videos(data_root)[0])
     assert main(["predict", path, "--model", "models:/tiny-predict@champion"]) == 0
@@ -250,7 +251,7 @@ def test_evaluation_over_ingested_ray_views_matches_local_decoding(checkpoint):
     from aim_core.annotations import ClassMap, load_split
 
     ckpt, cfg = checkpoint
-    model, _, _ = tracking.resolve_model(ckpt)
+    model, _, _ = registry.resolve_model(ckpt)
     records = load_split(cfg.data, "val", ClassMap(CLASSES)).records
     local = evaluate(model, cfg, records, CLASSES)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -1,0 +1,112 @@
+"""The Model Registry round trip: register, look up by alias/version/run, load back bit-identically
+and offline (sqlite store in tmp_path, never the repo)."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import numpy as np
+import open_clip.model
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from aim_core.backbones import build_model
+from aim_core.checkpoint import save_model
+from pipelines import registry, tracking
+
+from .modeltools import CLASSES, clips, tracked_config, trained_like
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_isolated(isolated_mlflow):
+    yield
+
+
+@pytest.fixture
+def clip_weights(tmp_path) -> str:
+    """A real open_clip vision tower (random weights) saved as an open_clip-style weights file."""
+    torch.manual_seed(0)
+    tower = open_clip.model.VisionTransformer(
+        image_size=32, patch_size=8, width=64, layers=3, heads=4, mlp_ratio=4.0, output_dim=32,
+        act_layer=open_clip.model.QuickGELU)
+    path = tmp_path / "weights" / "tiny_clip.pt"
+    path.parent.mkdir()
+    torch.save({"state_dict": {f"visual.{k}": v for k, v in tower.state_dict().items()}}, path)
+    return str(path)
+
+
+
+@pytest.mark.slow
+def test_registered_model_loads_back_identically_and_offline(tmp_path, clip_weights):
+    cfg = tracked_config(tmp_path, weights=clip_weights)
+    model = trained_like(build_model(cfg.model))
+    checkpoint = save_model(tmp_path / "ckpt", model, cfg, CLASSES)
+    x = clips(batch=3)
+    with torch.no_grad():
+        expected = model(x)
+
+    with tracking.start_run(cfg, run_name="train") as run:
+        version = registry.register_model(checkpoint, "tiny-aim", alias="champion",
+                                          run_id=run.info.run_id)
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
+    # The backbone file travels with the model: loading needs neither it nor a network.
+    shutil.move(clip_weights, tmp_path / "elsewhere.pt")
+
+    loaded, loaded_cfg, names = registry.resolve_model("models:/tiny-aim@champion")
+    assert names == CLASSES
+    assert loaded_cfg.model == cfg.model          # the config as trained, backbone path included
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+    by_version, _, _ = registry.resolve_model("models:/tiny-aim/1")
+    with torch.no_grad():
+        torch.testing.assert_close(by_version(x), expected, rtol=0, atol=0)
+
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny-aim@champion")
+    probs = pyfunc.predict(x.numpy())
+    assert probs.dtype == np.float32 and probs.shape == (3, len(CLASSES))
+    np.testing.assert_array_equal(probs, expected.softmax(-1).numpy())
+
+    inputs = pyfunc.metadata.get_input_schema().inputs[0]
+    outputs = pyfunc.metadata.get_output_schema().inputs[0]
+    assert inputs.shape == (-1, 3, 4, 32, 32) and inputs.type == np.dtype(np.float32)
+    assert outputs.shape == (-1, len(CLASSES))
+    assert registry.source_run_id("models:/tiny-aim@champion") == run.info.run_id
+
+
+@pytest.mark.slow
+def test_a_new_version_takes_over_the_alias(tmp_path):
+    cfg = tracked_config(tmp_path)  # random backbone: the checkpoint holds every weight
+    first = save_model(tmp_path / "a", build_model(cfg.model).eval(), cfg, CLASSES)
+    second = save_model(tmp_path / "b", trained_like(build_model(cfg.model)), cfg, CLASSES)
+    registry.register_model(first, "tiny-random")      # no run given: a register-* run is made
+    v2 = registry.register_model(second, "tiny-random")
+    client = MlflowClient()
+    assert client.get_model_version_by_alias("tiny-random", "champion").version == v2.version
+    assert client.get_run(v2.run_id).info.run_name == "register-tiny-random"
+    loaded, _, _ = registry.resolve_model("models:/tiny-random@champion")
+    reference, _, _ = registry.resolve_model(second)    # a local checkpoint resolves as well
+    x = clips(batch=3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_runs_uri_of_a_logged_checkpoint_folder_resolves(tmp_path):
+    cfg = tracked_config(tmp_path)
+    model = trained_like(build_model(cfg.model))
+    save_model(tmp_path / "ckpt", model, cfg, CLASSES)
+    with tracking.start_run(cfg) as run:
+        mlflow.log_artifacts(str(tmp_path / "ckpt"), "checkpoint")
+    loaded, _, names = registry.resolve_model(f"runs:/{run.info.run_id}/checkpoint")
+    assert names == CLASSES
+    x = clips(batch=3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert registry.source_run_id(f"runs:/{run.info.run_id}/checkpoint") == run.info.run_id
+
+
+def test_missing_model_reference_says_what_is_accepted(tmp_path):
+    with pytest.raises(FileNotFoundError, match="models:/NAME@ALIAS"):
+        registry.resolve_model(tmp_path / "nothing-here")
