@@ -1,7 +1,7 @@
 """Training-step benchmark: AIM vs. full fine-tuning, step time and peak memory.
 
 Run: ``.venv/bin/python benchmarks/train_step.py [--device cpu|cuda] [--steps N] [--batch 2]
-[--frames 8] [--size 224] [--backbone ViT-B-16] [--precision fp32|bf16] [--checkpointing]``
+[--frames 8] [--size 224] [--backbone ViT-B-16] [--precision fp32|bf16] [--checkpointing [N]]``
 
 One training step is: forward, cross-entropy loss, backward, ``AdamW.step()`` over the tunable
 parameters, ``zero_grad(set_to_none=True)``; the model is in train mode (drop path on, as in the
@@ -11,7 +11,8 @@ recipe). The backbone is the open_clip geometry named by ``--backbone`` with ran
 - ``aim``: frozen ViT + spatial, temporal and joint adapters in every block (Table 1's AIM row);
 - ``timesformer``: divided space-time attention, every weight trains (the full fine-tune oracle);
 - ``finetuned_space_only``: the image ViT, every weight trains, frames averaged;
-- ``aim+ckpt`` (with ``--checkpointing``): AIM with activation checkpointing per block.
+- ``aim+ckpt`` (with ``--checkpointing``): AIM with activation checkpointing on every block, or
+  ``aim+ckpt:N`` on the first N blocks with gradients (``--checkpointing N``: memory against time).
 
 Each variant runs in a fresh subprocess (the script re-invokes itself with the hidden
 ``--only VARIANT`` flag), so allocator caches, oneDNN primitive caches and the glibc heap of one
@@ -80,9 +81,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--backbone", default="ViT-B-16", help="open_clip model name")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--checkpointing", action="store_true", help="also run AIM with grad checkpointing")
+    p.add_argument("--checkpointing", nargs="?", const=0, type=int, default=None, metavar="N",
+                   help="also run AIM with activation checkpointing: every block, or N blocks")
     p.add_argument("--variants", default=None,
-                   help=f"comma-separated subset of {VARIANTS + (CKPT,)} (default: all three)")
+                   help=f"comma-separated subset of {VARIANTS + (CKPT,)} or {CKPT}:N "
+                        f"(default: all three)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child-process mode
     args = p.parse_args(argv)
@@ -97,6 +100,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------
 # Child: one variant, one process
 # ----------------------------------------------------------------------------------------------
+
+def _checkpointed_blocks(name: str) -> int | None:
+    """``aim+ckpt`` -> 0 (every block), ``aim+ckpt:N`` -> N, anything else -> None."""
+    if name == CKPT:
+        return 0
+    if name.startswith(CKPT + ":") and name[len(CKPT) + 1:].isdigit():
+        return int(name[len(CKPT) + 1:])
+    return None
+
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
@@ -122,9 +134,10 @@ def run_variant(args: argparse.Namespace, name: str) -> dict:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     backbone = BackboneConfig(source="open_clip", name=args.backbone, pretrained=None)
-    cfg = ModelConfig(variant="aim" if name == CKPT else name, backbone=backbone,
+    ckpt = _checkpointed_blocks(name)
+    cfg = ModelConfig(variant="aim" if ckpt is not None else name, backbone=backbone,
                       num_frames=args.frames, image_size=args.size, num_classes=400,
-                      grad_checkpointing=name == CKPT)
+                      grad_checkpointing=False if ckpt is None else (ckpt or True))
     resolve_spec(backbone)  # import open_clip before the memory baseline
     torch.ones(64, 64) @ torch.ones(64, 64)  # initialise the CPU kernels/thread pool, too
     if cuda:
@@ -215,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(run_variant(args, args.only)), flush=True)
         return 0
 
-    names = list(VARIANTS) + ([CKPT] if args.checkpointing else [])
+    names = list(VARIANTS)
+    if args.checkpointing is not None:
+        names.append(f"{CKPT}:{args.checkpointing}" if args.checkpointing else CKPT)
     if args.variants:
         names = [v.strip() for v in args.variants.split(",")]
-        bad = [v for v in names if v not in VARIANTS + (CKPT,)]
+        bad = [v for v in names if v not in VARIANTS and _checkpointed_blocks(v) is None]
         if bad:
             raise SystemExit(f"--variants: unknown {bad}; choose from {VARIANTS + (CKPT,)}")
     print(f"train step: {args.backbone} (random init), batch {args.batch} x {args.frames} frames x "
@@ -258,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"time {r['median_s'] / ref['median_s']:.2f}x "
                   f"(cpu time {r['median_cpu_s'] / ref['median_cpu_s']:.2f}x), "
                   f"peak memory {r['peak_bytes'] / ref['peak_bytes']:.2f}x, above-model memory {r['above_model_bytes'] / ref['above_model_bytes']:.2f}x")
-        for name in [n for n in ("aim", CKPT) if n in results]:
+        for name in [n for n in results if n == "aim" or _checkpointed_blocks(n) is not None]:
             r = results[name]
             t_ratio = r["median_s"] / ref["median_s"]
             m_ratio = r["peak_bytes"] / ref["peak_bytes"]
