@@ -288,7 +288,8 @@ def _sweep_args(parser: argparse.ArgumentParser) -> None:
 @command("sweep", "run a paper ablation or a search space as Ray Tune trials, then report",
          _sweep_args)
 def _sweep(args: argparse.Namespace) -> int:
-    from pipelines.sweep import SearchSpace, parse_fractions, plan_sweep, run_sweep
+    from pipelines.studies import SearchSpace
+    from pipelines.sweep import parse_fractions, plan_sweep, run_sweep
 
     meta = plan_sweep(load_config(args), args.study,
                       SearchSpace.load(args.space) if args.space else None, name=args.name,

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .sweep import SweepMeta, apply_overrides, trial_label, trial_overrides
+from .studies import apply_overrides, trial_label, trial_overrides
+from .sweep import SweepMeta
 from .tracking import MlflowClient, log_figure
 
 REPORT_DIR = "report"

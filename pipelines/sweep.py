@@ -13,186 +13,30 @@ Layout under ``<run.storage_path>/<sweep name>/`` (the Tune experiment folder)::
                             restored sweep resumes an unfinished trial from its last epoch
     report/                 report.md, results.json and the plots (see :mod:`pipelines.report`)
 
-Search spaces live in their own YAML (``--space FILE``), not in the config file: the config stays a
-strict, valid :class:`Config` that ``train``/``eval`` accept as is, and one space can be reused over
-several base configs. Format::
-
-    num_samples: 4                       # draws of the random dimensions (grids multiply it)
-    params:                              # dotted config keys
-      optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
-      optim.weight_decay: {uniform: [0.0, 0.1]}
-      model.adapter.ratio: {grid: [0.125, 0.25]}
-      model.adapter.placement: {choice: [all, "top:6"]}
-      optim.epochs: 10                   # a plain value is fixed
-    asha: {grace_period: 2, reduction_factor: 2}   # optional; used with --asha
-
-A study (``--study``) and a space combine: every study setting is crossed with the space.
+The studies and the search-space format are in :mod:`pipelines.studies`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
-
-import yaml
+from typing import Any
 
 from aim_core.config import Config, ConfigError
 
+from .studies import STUDIES, SearchSpace, apply_overrides, trial_label, trial_overrides
+
 META_FILE = "aim_sweep.json"
 TRAIN_DIR = "train"
-DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
-RATIOS = (0.0625, 0.125, 0.25, 0.5)
-SPACE_KINDS = ("grid", "choice", "uniform", "loguniform")
 #: What a trial reports after every epoch (the ``val_`` ones on evaluated epochs) and, at its end,
 #: on top of the last epoch's: the final evaluation and the model's cost.
 EPOCH_METRICS = ("train_loss", "train_top1", "clips_per_s", "epoch_seconds", "val_top1",
                  "val_top5", "val_mean_class_acc")
 FINAL_METRICS = ("final_top1", "final_top5", "final_mean_class_acc", "tunable_params",
                  "gflops_per_view")
-
-
-# ----------------------------------------------------------------------------------------------
-# Studies: the paper's ablations as lists of settings
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Setting:
-    """One row of a study: a label as the paper names it and the config overrides that make it."""
-
-    label: str
-    overrides: dict[str, Any]
-
-
-def components(cfg: Config, **_: Any) -> list[Setting]:
-    """Table 1: from frozen space-only to full AIM, with the fully fine-tuned baselines."""
-    aim = lambda *a: {"model.variant": "aim", "model.adapter.adaptations": list(a)}
-    return [Setting("frozen_space_only", {"model.variant": "frozen_space_only"}),
-            Setting("finetuned_space_only", {"model.variant": "finetuned_space_only"}),
-            Setting("timesformer", {"model.variant": "timesformer"}),
-            Setting("aim[spatial]", aim("spatial")),
-            Setting("aim[spatial,temporal]", aim("spatial", "temporal")),
-            Setting("aim[spatial,temporal,joint]", aim("spatial", "temporal", "joint"))]
-
-
-def placement(cfg: Config, **_: Any) -> list[Setting]:
-    """Table 7: adapters in the bottom or top half of the blocks, every other block, or all."""
-    from aim_core.backbones import resolve_spec
-
-    k = max(1, resolve_spec(cfg.model.backbone).layers // 2)
-    return [Setting(p, {"model.variant": "aim", "model.adapter.placement": p})
-            for p in (f"bottom:{k}", f"top:{k}", "every:2", "all")]
-
-
-def ratio(cfg: Config, **_: Any) -> list[Setting]:
-    """Table 8: the adapters' bottleneck ratio."""
-    return [Setting(f"ratio={r:g}", {"model.variant": "aim", "model.adapter.ratio": r})
-            for r in RATIOS]
-
-
-def data_fraction(cfg: Config, fractions: tuple[float, ...] | None = None,
-                  **_: Any) -> list[Setting]:
-    """Fig. 3: AIM vs the fully fine-tuned TimeSformer on nested, stratified training subsets."""
-    return [Setting(f"{variant}@{f:g}", {"model.variant": variant, "data.train_fraction": f})
-            for f in fractions or DEFAULT_FRACTIONS for variant in ("aim", "timesformer")]
-
-
-STUDIES: dict[str, Callable[..., list[Setting]]] = {
-    "components": components, "placement": placement, "ratio": ratio,
-    "data-fraction": data_fraction}
-
-
-# ----------------------------------------------------------------------------------------------
-# Search spaces
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class SearchSpace:
-    """Dotted key -> ``{kind: args}`` or a fixed value (see the module docstring)."""
-
-    params: dict[str, Any] = field(default_factory=dict)
-    num_samples: int = 1
-    asha: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SearchSpace:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(data) - {"params", "num_samples", "asha"}
-        if not isinstance(data, dict) or unknown:
-            raise ConfigError(f"{path}: expected keys params, num_samples, asha; got {sorted(unknown)}")
-        space = cls(data.get("params") or {}, int(data.get("num_samples", 1)), data.get("asha") or {})
-        for key, spec in space.params.items():
-            tune_domain(key, spec)  # fail now, with the key's name, not inside a trial
-        return space
-
-    def domains(self) -> dict[str, Any]:
-        return {key: tune_domain(key, spec) for key, spec in self.params.items()}
-
-
-def tune_domain(key: str, spec: Any) -> Any:
-    """A Tune domain for one ``params`` entry."""
-    from ray import tune
-
-    if not isinstance(spec, dict):
-        return spec
-    if len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
-        raise ConfigError(f"space.params.{key}: expected one of {list(SPACE_KINDS)} "
-                          f"(e.g. {{loguniform: [1e-4, 1e-2]}}) or a plain value, got {spec!r}")
-    ((kind, args),) = spec.items()
-    if not isinstance(args, list) or not args:
-        raise ConfigError(f"space.params.{key}.{kind}: expected a non-empty list, got {args!r}")
-    if kind == "grid":
-        return tune.grid_search(args)
-    if kind == "choice":
-        return tune.choice(args)
-    if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1]:
-        raise ConfigError(f"space.params.{key}.{kind}: expected [low, high] with low < high, "
-                          f"got {args!r}")
-    if kind == "loguniform" and args[0] <= 0:
-        raise ConfigError(f"space.params.{key}.loguniform: bounds must be positive, got {args!r}")
-    return (tune.uniform if kind == "uniform" else tune.loguniform)(*map(float, args))
-
-
-# ----------------------------------------------------------------------------------------------
-# Trial configs (shared with the report, so it describes trials exactly as they ran)
-# ----------------------------------------------------------------------------------------------
-
-def trial_overrides(trial_config: dict[str, Any]) -> dict[str, Any]:
-    """The dotted overrides of a Tune trial config: its study setting, then its space sample."""
-    out = dict((trial_config.get("setting") or {}).get("overrides") or {})
-    out.update(trial_config.get("space") or {})
-    return out
-
-
-def trial_label(trial_config: dict[str, Any]) -> str:
-    label = (trial_config.get("setting") or {}).get("label", "")
-    space = ", ".join(f"{k}={_short(v)}" for k, v in (trial_config.get("space") or {}).items())
-    return " ".join(p for p in (label, f"({space})" if label and space else space) if p) or "base"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> Config:
-    """``base`` (a ``Config.to_dict()``) with dotted-key values set, validated."""
-    data = copy.deepcopy(base)
-    for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"sweep override {key!r}: {part!r} is not a config section")
-            node = node[part]
-        if leaf not in node:
-            raise ConfigError(f"sweep override {key!r}: unknown field {leaf!r}; allowed: "
-                              f"{sorted(node)}")
-        node[leaf] = value
-    return Config.from_dict(data)
 
 
 # ----------------------------------------------------------------------------------------------
