@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import math
-import os
 import posixpath
 import zlib
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from aim_core.config import DATASET_FORMATS, DataConfig
+from aim_core.storage import Location, is_uri, join
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
 
@@ -79,7 +79,7 @@ class ClassMap:
         return {"classes": self.names, "metadata": self.metadata}
 
     def save(self, path: str) -> None:
-        _write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        Location.of(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str) -> "ClassMap":
@@ -230,7 +230,7 @@ def _load_list(cfg: DataConfig, split: str, class_map: ClassMap | None) -> Split
             class_map = ClassMap([f"class_{i}" for i in range(top + 1)])
     records, rejected = [], []
     for rel, label, _ in _parse_list(path, _field(split)):
-        uri = _join(cfg.root, rel)
+        uri = join(cfg.root, rel)
         if not 0 <= label < len(class_map):
             rejected.append((uri, f"label index {label} is outside the class map "
                                   f"(0..{len(class_map) - 1})"))
@@ -350,32 +350,23 @@ def _index_files(root: str) -> dict[str, str]:
 # Filesystem helpers (local paths or URIs)
 # ----------------------------------------------------------------------------------------------
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def _filesystem(path: str, field_name: str) -> tuple[pafs.FileSystem, str]:
-    if _is_uri(path):
-        try:
-            return pafs.FileSystem.from_uri(path)
-        except Exception as exc:  # pyarrow raises several types for bad/unsupported URIs
-            raise AnnotationError(f"{field_name}: cannot open {path} ({exc})") from None
-    return pafs.LocalFileSystem(), os.path.abspath(path).replace(os.sep, "/")
+    location = _location(path, field_name)
+    return location.fs, location.path
+
+
+def _location(path: str, field_name: str) -> Location:
+    try:
+        return Location.of(path)
+    except Exception as exc:  # pyarrow raises several types for bad/unsupported URIs
+        raise AnnotationError(f"{field_name}: cannot open {path} ({exc})") from None
 
 
 def _uri(original_root: str, fs_path: str) -> str:
     """Turn a filesystem path back into what the user gave: a local path or a full URI."""
-    if _is_uri(original_root):
+    if is_uri(original_root):
         return f"{original_root.split('://', 1)[0]}://{fs_path}"
     return fs_path
-
-
-def _join(root: str, rel: str) -> str:
-    if _is_uri(rel) or os.path.isabs(rel):
-        return rel
-    if _is_uri(root):
-        return root.rstrip("/") + "/" + rel
-    return os.path.join(os.path.abspath(root), rel)
 
 
 def _list(fs: pafs.FileSystem, base: str, field_name: str, recursive: bool
@@ -391,23 +382,15 @@ def _list(fs: pafs.FileSystem, base: str, field_name: str, recursive: bool
 
 
 def _read_text(path: str, field_name: str) -> str:
-    fs, p = _filesystem(path, field_name)
-    info = fs.get_file_info(p)
-    if info.type != pafs.FileType.File:
-        what = "not found" if info.type == pafs.FileType.NotFound else "not a file"
+    location = _location(path, field_name)
+    kind = location.type
+    if kind != pafs.FileType.File:
+        what = "not found" if kind == pafs.FileType.NotFound else "not a file"
         raise AnnotationError(f"{field_name}: annotation file {path} {what}")
     try:
-        with fs.open_input_stream(p) as f:
-            return f.read().decode("utf-8-sig")
+        return location.read_text() or ""
     except (OSError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{field_name}: cannot read {path} ({exc})") from None
-
-
-def _write_text(path: str, text: str) -> None:
-    fs, p = _filesystem(path, "output")
-    fs.create_dir(posixpath.dirname(p), recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(text.encode())
 
 
 def _is_video(name: str) -> bool:

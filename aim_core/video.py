@@ -42,6 +42,29 @@ class VideoDecodeError(RuntimeError):
     """
 
 
+@contextmanager
+def open_video_source(path: str) -> Iterator[str | IO[bytes]]:
+    """What :func:`decode_frames` reads: a local path as is (PyAV opens it fastest), a URI
+    (``s3://``, ``gs://``) as a seekable pyarrow file. A missing, empty or unreachable file fails
+    here with a message naming it."""
+    from pyarrow.fs import FileType
+
+    from .storage import Location
+
+    try:
+        location = Location.of(path)
+        info = location.info()
+    except Exception as exc:  # pyarrow raises several types for bad or unreachable URIs
+        raise VideoDecodeError(f"{path}: cannot open ({exc})") from exc
+    if info.type != FileType.File:
+        missing = info.type == FileType.NotFound
+        raise VideoDecodeError(f"{path}: {'no such file' if missing else 'not a file'}")
+    if info.size == 0:
+        raise VideoDecodeError(f"{path}: empty file")
+    with location.open_for_reading() as source:
+        yield source
+
+
 @dataclass
 class VideoInfo:
     """What :func:`probe_video` learns about a file's first video stream.

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -32,7 +32,8 @@ from aim_core.annotations import VideoRecord
 from aim_core.config import Config
 from aim_core.metrics import ClassificationMeter
 from aim_core.transforms import build_test_transform
-from aim_core.video import VideoDecodeError, clip_indices, decode_frames, probe_video
+from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, open_video_source,
+                            probe_video)
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +46,6 @@ CONFUSION_FILE = "confusion.png"
 # One video
 # ----------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def open_video(path: str) -> Iterator[Any]:
-    """A local path as is (PyAV reads it fastest); a URI (s3://, gs://) as a seekable file."""
-    if "://" not in path:
-        yield path
-        return
-    import pyarrow.fs as pafs
-
-    try:
-        fs, p = pafs.FileSystem.from_uri(path)
-        handle = fs.open_input_file(p)
-    except Exception as exc:  # pyarrow raises several types for missing/unreachable objects
-        raise VideoDecodeError(f"{path}: cannot open ({exc})") from exc
-    with handle:
-        yield handle
-
-
 def load_views(path: str | os.PathLike[str], cfg: Config,
                transform: Callable[[np.ndarray], torch.Tensor] | None = None) -> torch.Tensor:
     """All test views of one video: float ``(clips * crops, 3, T, H, W)``, CLIP-normalised.
@@ -70,7 +54,7 @@ def load_views(path: str | os.PathLike[str], cfg: Config,
     """
     transform = transform or build_test_transform(cfg.data, cfg.model.image_size)
     t = cfg.model.num_frames
-    with open_video(os.fspath(path)) as source:
+    with open_video_source(os.fspath(path)) as source:
         n = probe_video(source).num_frames
         clips = clip_indices(cfg.data, n, t, train=False)
         frames = decode_frames(source, [i for clip in clips for i in clip],

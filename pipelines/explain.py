@@ -36,7 +36,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 from aim_core.attention import AttentionMaps, cls_attention_maps  # noqa: E402
 from aim_core.config import Config  # noqa: E402
 from aim_core.transforms import CLIP_MEAN, CLIP_STD, build_test_transform  # noqa: E402
-from aim_core.video import clip_indices, decode_frames, probe_video, uniform_indices  # noqa: E402
+from aim_core.video import (clip_indices, decode_frames, open_video_source,  # noqa: E402
+                            probe_video, uniform_indices)
 
 CMAP = "jet"
 OVERLAY_ALPHA = 0.45
@@ -70,9 +71,7 @@ def frame_indices(cfg: Config, num_video_frames: int, from_config: bool) -> list
 def load_clip(video: str | os.PathLike[str], cfg: Config, from_config: bool = False
               ) -> tuple[torch.Tensor, list[int]]:
     """The normalised centre-crop clip ``(1, 3, T, S, S)`` a model sees, and its frame indices."""
-    from pipelines.evaluate import open_video
-
-    with open_video(os.fspath(video)) as source:
+    with open_video_source(os.fspath(video)) as source:
         indices = frame_indices(cfg, probe_video(source).num_frames, from_config)
         frames = decode_frames(source, indices, short_side=cfg.data.short_side,
                                threads=cfg.data.decode_threads)

@@ -32,8 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import posixpath
 import time
 import uuid
 import zlib
@@ -42,13 +40,14 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
 from aim_core.annotations import ClassMap, Split, VideoRecord, fraction_subset, load_split
 from aim_core.config import Config, DataConfig
-from aim_core.video import VideoDecodeError, clip_indices, decode_frames, probe_video
+from aim_core.storage import Location, join
+from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, open_video_source,
+                            probe_video)
 
 from .cluster_config import ingest_resources
 
@@ -154,7 +153,7 @@ def _probe_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     num_frames, errors = [], []
     for path in batch["path"]:
         try:
-            with _open(str(path)) as source:
+            with open_video_source(str(path)) as source:
                 num_frames.append(probe_video(source).num_frames)
             errors.append("")
         except Exception as exc:  # any failure to read a file is a report entry, not a crash
@@ -254,13 +253,13 @@ def materialize(cfg: Config, split: SplitName, out_dir: str | None = None, *,
     start = time.perf_counter()
     out = out_dir or default_output_dir(cfg)
     train = split == "train" if train is None else train
-    class_map = class_map or _load_or_none(_join(out, CLASS_MAP_FILE))
+    class_map = class_map or load_class_map(out)
     chosen = select_records(cfg, split, class_map)
     class_map = chosen.class_map
-    class_map.save(_join(out, CLASS_MAP_FILE))
-    folder = _join(out, split)
-    fs, base = _filesystem(folder)
-    fs.create_dir(base, recursive=True)
+    class_map.save(join(out, CLASS_MAP_FILE))
+    folder = join(out, split)
+    where = Location.of(folder)
+    where.make_dirs()
 
     per = cfg.data.videos_per_task
     sampling = {"clip_len": cfg.model.num_frames, "train": train, "epoch": 0,
@@ -272,16 +271,16 @@ def materialize(cfg: Config, split: SplitName, out_dir: str | None = None, *,
                                      .encode()).hexdigest()[:16]
         shards.append({"shard": i, "file": f"shard-{i:05d}.parquet", "fingerprint": fingerprint,
                        "items": json.dumps(items)})
-    todo = [s for s in shards if not _shard_done(fs, base, s)]
+    todo = [s for s in shards if not _shard_done(where, s)]
     if todo:
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         ds.map(_write_shard, **decode_task_resources(cfg),
                fn_kwargs={"folder": folder, "data": cfg.data, "clip_len": cfg.model.num_frames,
                           "train": train}).take_all()
 
-    summaries = [_read_json(fs, posixpath.join(base, _sidecar(s["file"]))) for s in shards]
+    summaries = [(where / _sidecar(s["file"])).read_json() for s in shards]
     bad = [(p, r) for s in summaries for p, r in s["bad"]]
-    previous = _read_json(fs, posixpath.join(base, MANIFEST_FILE)) or {}
+    previous = (where / MANIFEST_FILE).read_json() or {}
     runs = previous.get("runs", []) + [{"written": len(todo), "skipped": len(shards) - len(todo)}]
     manifest = {"split": split, "class_map": f"../{CLASS_MAP_FILE}", "sampling": sampling,
                 "columns": CLIP_COLUMNS, "videos": len(chosen.records),
@@ -289,29 +288,27 @@ def materialize(cfg: Config, split: SplitName, out_dir: str | None = None, *,
                 "shards": [{"file": s["file"], "videos": x["videos"], "clips": x["clips"]}
                            for s, x in zip(shards, summaries)],
                 "runs": runs}
-    _write_json(fs, posixpath.join(base, MANIFEST_FILE), manifest)
+    (where / MANIFEST_FILE).write_json(manifest)
     report = IngestReport(split, "parquet", videos=len(chosen.records),
                           good=len(chosen.records) - len(bad), clips=manifest["clips"], bad=bad,
                           rejected=chosen.rejected, seconds=time.perf_counter() - start)
-    _write_json(fs, posixpath.join(base, REPORT_FILE), report.to_dict())
+    (where / REPORT_FILE).write_json(report.to_dict())
     return folder
 
 
 def read_shards(folder: str) -> ray.data.Dataset:
     """The clips of a materialised split (the shards the manifest lists, nothing half-written)."""
-    fs, base = _filesystem(folder)
-    manifest = _read_json(fs, posixpath.join(base, MANIFEST_FILE))
+    manifest = (Location.of(folder) / MANIFEST_FILE).read_json()
     if manifest is None:
         raise FileNotFoundError(f"{folder}: no {MANIFEST_FILE}; run `aim-video ingest` first")
-    files = [_join(folder, s["file"]) for s in manifest["shards"] if s["clips"]]
+    files = [join(folder, s["file"]) for s in manifest["shards"] if s["clips"]]
     if not files:
         raise ValueError(f"{folder}: the manifest lists no clips (see {REPORT_FILE})")
     return ray.data.read_parquet(files).select_columns(CLIP_COLUMNS)
 
 
 def read_report(folder: str) -> IngestReport:
-    fs, base = _filesystem(folder)
-    data = _read_json(fs, posixpath.join(base, REPORT_FILE))
+    data = (Location.of(folder) / REPORT_FILE).read_json()
     if data is None:
         raise FileNotFoundError(f"{folder}: no {REPORT_FILE}")
     data["bad"] = [(b["path"], b["reason"]) for b in data["bad"]]
@@ -327,22 +324,21 @@ def _write_shard(spec: dict[str, Any], *, folder: str, data: DataConfig, clip_le
     batch = {k: np.array([it[k] for it in items], dtype=object) for k in ("video_id", "path")}
     batch["label"] = np.array([it["label"] for it in items], np.int64)
     clips, errors = _decode_batch(batch, data, clip_len, train, epoch=0)
-    fs, base = _filesystem(folder)
-    _write_json(fs, posixpath.join(base, _sidecar(spec["file"])),
-                {"fingerprint": spec["fingerprint"], "videos": len(items), "clips": len(clips),
-                 "bad": errors})
-    final = posixpath.join(base, spec["file"])
-    tmp = posixpath.join(base, f".{spec['file']}.{uuid.uuid4().hex}.tmp")
-    with fs.open_output_stream(tmp) as f:
+    where = Location.of(folder)
+    (where / _sidecar(spec["file"])).write_json(
+        {"fingerprint": spec["fingerprint"], "videos": len(items), "clips": len(clips),
+         "bad": errors})
+    final, tmp = where / spec["file"], where / f".{spec['file']}.{uuid.uuid4().hex}.tmp"
+    with where.fs.open_output_stream(tmp.path) as f:
         pq.write_table(_table(clips), f)
-    fs.move(tmp, final)
+    where.fs.move(tmp.path, final.path)
     return {"shard": spec["shard"], "clips": len(clips)}
 
 
-def _shard_done(fs: pafs.FileSystem, base: str, spec: dict[str, Any]) -> bool:
-    if fs.get_file_info(posixpath.join(base, spec["file"])).type != pafs.FileType.File:
+def _shard_done(where: Location, spec: dict[str, Any]) -> bool:
+    if not (where / spec["file"]).is_file():
         return False
-    summary = _read_json(fs, posixpath.join(base, _sidecar(spec["file"])))
+    summary = (where / _sidecar(spec["file"])).read_json()
     return summary is not None and summary.get("fingerprint") == spec["fingerprint"]
 
 
@@ -369,7 +365,7 @@ def _table(clips: list[dict[str, Any]]) -> pa.Table:
 # ----------------------------------------------------------------------------------------------
 
 def default_output_dir(cfg: Config) -> str:
-    return cfg.data.shards_dir or _join(cfg.run.storage_path, f"{cfg.run.name}/data")
+    return cfg.data.shards_dir or join(cfg.run.storage_path, f"{cfg.run.name}/data")
 
 
 def run_ingest(cfg: Config, out_dir: str | None = None) -> dict[str, IngestReport]:
@@ -377,18 +373,17 @@ def run_ingest(cfg: Config, out_dir: str | None = None) -> dict[str, IngestRepor
     ``out_dir`` (default ``data.shards_dir`` or ``<storage_path>/<name>/data``)."""
     out = out_dir or default_output_dir(cfg)
     reports: dict[str, IngestReport] = {}
-    class_map = _load_or_none(_join(out, CLASS_MAP_FILE))
+    class_map = load_class_map(out)
     for split in ("train", "val"):
         if cfg.data.mode == "parquet":
             reports[split] = read_report(materialize(cfg, split, out, class_map=class_map))
-            class_map = ClassMap.load(_join(out, CLASS_MAP_FILE))
+            class_map = ClassMap.load(join(out, CLASS_MAP_FILE))
         else:
             result = build_dataset(cfg, split, train=split == "train", class_map=class_map)
             class_map, reports[split] = result.class_map, result.report
-            class_map.save(_join(out, CLASS_MAP_FILE))
+            class_map.save(join(out, CLASS_MAP_FILE))
         print(reports[split].summary(), flush=True)
-    fs, base = _filesystem(out)
-    _write_json(fs, posixpath.join(base, REPORT_FILE), {k: r.to_dict() for k, r in reports.items()})
+    (Location.of(out) / REPORT_FILE).write_json({k: r.to_dict() for k, r in reports.items()})
     return reports
 
 
@@ -409,7 +404,7 @@ def _decode_batch(batch: dict[str, np.ndarray], data: DataConfig, clip_len: int,
         video_id, path = str(video_id), str(path)
         rng = np.random.default_rng([data.seed, epoch, zlib.crc32(video_id.encode())])
         try:
-            with _open(path) as source:
+            with open_video_source(path) as source:
                 n = int(known[i]) if known is not None else probe_video(source).num_frames
                 views = clip_indices(data, n, clip_len, train=train, rng=rng)
                 frames = decode_frames(source, [j for v in views for j in v],
@@ -444,63 +439,13 @@ def _reason(exc: BaseException, path: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Files (local paths or URIs)
+# Small helpers
 # ----------------------------------------------------------------------------------------------
-
-class _open:
-    """A local path as is (PyAV reads it fastest), a URI as a seekable pyarrow file."""
-
-    def __init__(self, path: str):
-        self.path, self._file = path, None
-
-    def __enter__(self) -> Any:
-        if "://" not in self.path:
-            if not os.path.isfile(self.path):
-                raise FileNotFoundError(f"no such file: {self.path}")
-            if os.path.getsize(self.path) == 0:
-                raise VideoDecodeError(f"{self.path}: empty file")
-            return self.path
-        fs, p = pafs.FileSystem.from_uri(self.path)
-        self._file = fs.open_input_file(p)
-        if self._file.size() == 0:
-            raise VideoDecodeError(f"{self.path}: empty file")
-        return self._file
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
-def _join(base: str, rel: str) -> str:
-    return base.rstrip("/") + "/" + rel if "://" in base else os.path.join(base, rel)
-
-
-def _read_json(fs: pafs.FileSystem, path: str) -> Any:
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
-
-
-def _write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write((json.dumps(data, indent=1) + "\n").encode())
-
 
 def load_class_map(out_dir: str) -> ClassMap | None:
     """The class map saved beside an ingest output folder (local or URI), if any."""
-    return _load_or_none(_join(out_dir, CLASS_MAP_FILE))
-
-
-def _load_or_none(path: str) -> ClassMap | None:
-    fs, p = _filesystem(path)
-    return ClassMap.load(path) if fs.get_file_info(p).type == pafs.FileType.File else None
+    path = join(out_dir, CLASS_MAP_FILE)
+    return ClassMap.load(path) if Location.of(path).is_file() else None
 
 
 def _item(record: VideoRecord) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aim_core.config import Config, ConfigError
+from aim_core.storage import Location
 
 from .studies import STUDIES, SearchSpace, apply_overrides, trial_label, trial_overrides
 
@@ -60,11 +61,11 @@ class SweepMeta:
     register_best: str | None = None
 
     def save(self) -> None:
-        _write_text(f"{self.path.rstrip('/')}/{META_FILE}", json.dumps(asdict(self), indent=1))
+        (Location.of(self.path) / META_FILE).write_text(json.dumps(asdict(self), indent=1))
 
     @classmethod
     def read(cls, sweep_dir: str) -> SweepMeta:
-        text = _read_text(f"{sweep_dir.rstrip('/')}/{META_FILE}")
+        text = (Location.of(sweep_dir) / META_FILE).read_text()
         if text is None:
             raise FileNotFoundError(f"{sweep_dir} is not an aim-video sweep (no {META_FILE})")
         return cls(**json.loads(text))
@@ -72,29 +73,6 @@ class SweepMeta:
     @property
     def train_storage(self) -> str:
         return f"{self.path.rstrip('/')}/{TRAIN_DIR}"
-
-
-def _fs(path: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-
-
-def _write_text(path: str, text: str) -> None:
-    fs, p = _fs(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as fh:
-        fh.write(text.encode())
-
-
-def _read_text(path: str) -> str | None:
-    import pyarrow.fs as pafs
-
-    fs, p = _fs(path)
-    if fs.get_file_info(p).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(p) as fh:
-        return fh.read().decode()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +210,7 @@ def run_sweep(meta: SweepMeta, *, resume: bool = False) -> SweepOutcome:
 
     if resume:
         meta = _merge_for_resume(meta)
-    elif tune.Tuner.can_restore(meta.path) or _read_text(f"{meta.path}/{META_FILE}"):
+    elif tune.Tuner.can_restore(meta.path) or (Location.of(meta.path) / META_FILE).is_file():
         raise FileExistsError(f"sweep {meta.name!r} already exists at {meta.path}: pass --resume "
                               f"to finish it, or choose another name")
     ensure_ray()

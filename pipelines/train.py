@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from aim_core.backbones import build_model
 from aim_core.checkpoint import MODEL_FILE, save_model
 from aim_core.config import Config
+from aim_core.storage import Location
 from aim_core.transforms import build_train_transform
 
 from . import ingest, plots, registry, tracking
@@ -459,21 +460,8 @@ def _marker(storage: str, name: str) -> str:
 
 def _remember_mlflow_run(storage: str, name: str, run_id: str) -> None:
     """So that ``--resume`` continues the same MLflow run: one history across restarts."""
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(_marker(storage, name)) if "://" in storage else (
-        pafs.LocalFileSystem(), _marker(storage, name))
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as fh:
-        fh.write(run_id.encode())
+    Location.of(_marker(storage, name)).write_text(run_id)
 
 
 def _previous_mlflow_run(storage: str, name: str) -> str | None:
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(_marker(storage, name)) if "://" in storage else (
-        pafs.LocalFileSystem(), _marker(storage, name))
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(path) as fh:
-        return fh.read().decode().strip() or None
+    return (Location.of(_marker(storage, name)).read_text() or "").strip() or None

@@ -1,0 +1,111 @@
+"""Local paths and URIs (``s3://``, ``gs://``, any :mod:`pyarrow.fs` filesystem) behind one API.
+
+Annotations, class maps, ingest shards, sweep state and run markers may live on a cluster's shared
+storage, and videos may be read straight from a bucket. Everything reads and writes through
+:class:`Location`, so a local path and a URI behave the same; local paths stay OS paths, which PyAV
+opens fastest. A :class:`Location` resolves its filesystem once and its children share it (resolving
+an ``s3://`` URI can cost a request).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def join(base: str, rel: str) -> str:
+    """``rel`` under ``base``; an absolute path or a URI as ``rel`` stands on its own."""
+    if is_uri(rel) or os.path.isabs(rel):
+        return rel
+    if is_uri(base):
+        return base.rstrip("/") + "/" + rel
+    return os.path.join(os.path.abspath(base), rel)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder: the filesystem, its path there, and the name the user gave."""
+
+    fs: pafs.FileSystem
+    path: str      # the filesystem's own path (``bucket/key`` on s3, absolute locally)
+    name: str      # a local path or the full URI: for messages and for other tools
+
+    @classmethod
+    def of(cls, path_or_uri: str) -> Location:
+        """Resolve ``path_or_uri``; pyarrow's errors for bad or unsupported URIs pass through."""
+        text = str(path_or_uri)
+        if is_uri(text):
+            fs, path = pafs.FileSystem.from_uri(text)
+            return cls(fs, path, text)
+        path = os.path.abspath(text)
+        return cls(pafs.LocalFileSystem(), path.replace(os.sep, "/"), path)
+
+    def __truediv__(self, child: str) -> Location:
+        return Location(self.fs, posixpath.join(self.path, child),
+                        self.name.rstrip("/") + "/" + child if is_uri(self.name)
+                        else os.path.join(self.name, child))
+
+    def __str__(self) -> str:
+        return self.name
+
+    def info(self) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path)
+
+    @property
+    def type(self) -> pafs.FileType:
+        return self.info().type
+
+    def is_file(self) -> bool:
+        return self.type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self.type == pafs.FileType.Directory
+
+    def read_bytes(self) -> bytes | None:
+        """The file's contents, or None when there is no such file."""
+        if not self.is_file():
+            return None
+        with self.fs.open_input_stream(self.path) as f:
+            return f.read()
+
+    def read_text(self) -> str | None:
+        data = self.read_bytes()
+        return None if data is None else data.decode("utf-8-sig")
+
+    def read_json(self) -> Any:
+        text = self.read_text()
+        return None if text is None else json.loads(text)
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the file, creating its folder."""
+        self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def write_json(self, data: Any) -> None:
+        self.write_text(json.dumps(data, indent=1) + "\n")
+
+    def make_dirs(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    @contextmanager
+    def open_for_reading(self) -> Iterator[str | pafs.NativeFile]:
+        """A local path as is, a URI as a seekable pyarrow file (what PyAV reads)."""
+        if not is_uri(self.name):
+            yield self.name
+            return
+        with self.fs.open_input_file(self.path) as handle:
+            yield handle
