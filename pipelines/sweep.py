@@ -289,8 +289,14 @@ def _finish(meta: SweepMeta) -> SweepOutcome:
     table = collect(meta.path)
     complete = all(r.status in ("TERMINATED", "ERROR") for r in table.rows)
     client = tracking.MlflowClient(meta.tracking_uri)
-    for row in table.rows:  # trials stopped by ASHA or an interruption leave their run RUNNING
-        if row.mlflow_run_id and client.get_run(row.mlflow_run_id).info.status == "RUNNING":
+    for row in table.rows:
+        if not row.mlflow_run_id:
+            continue
+        # A trial stopped by ASHA or an interruption leaves its run RUNNING, or FAILED when the
+        # stop reached the training loop as an exception; it was stopped, not broken: KILLED.
+        status = client.get_run(row.mlflow_run_id).info.status
+        stopped_early = row.status == "TERMINATED" and not row.finished
+        if status == "RUNNING" or (status == "FAILED" and stopped_early):
             client.set_terminated(row.mlflow_run_id, status="KILLED")
     report = write_report(meta.path, table=table)
     best = table.best(meta.metric, meta.mode)

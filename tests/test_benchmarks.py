@@ -63,3 +63,14 @@ def test_the_train_step_benchmark_runs_and_compares_the_variants(tmp_path):
     assert aim["tunable_params"] < 0.1 * full["tunable_params"]
     # no weight gradients or AdamW state for the frozen backbone
     assert aim["peak_bytes"] < full["peak_bytes"] - 3 * 4 * 80e6
+
+
+@pytest.mark.slow
+def test_the_ingest_benchmark_runs_and_prints_its_table():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ingest.py"), "--files", "3", "--frames", "140",
+         "--repeats", "1"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = proc.stdout.split("c/s = clips per second\n", 1)[1].splitlines()
+    assert table[0].split("|")[0].strip() == "GOP" and len(table) == 2 + 2   # header, rule, 2 GOPs
+    assert "skipped" not in proc.stdout and "(c) Ray Data, 2 CPU" in proc.stdout

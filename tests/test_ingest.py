@@ -57,7 +57,7 @@ def videos(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return root, {str(root / rel): rel for rel in bad}
 
 
-def make_cfg(root: Path, **data) -> Config:
+def make_cfg(root: Path | str, **data) -> Config:
     return Config.from_dict({
         "data": {"root": str(root), "format": "folder", "short_side": 32, "frame_interval": 2,
                  "videos_per_task": 3, "val_fraction": 0.25, "test_clips": 3, **data},
@@ -167,6 +167,28 @@ def test_parquet_rerun_skips_finished_shards_and_redoes_missing_ones(videos, tmp
     ingest.materialize(make_cfg(root, mode="parquet", frame_interval=3), "train", str(tmp_path))
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["runs"][-1] == {"written": 5, "skipped": 0}
+
+
+def test_videos_and_shards_behind_uris_give_the_same_clips_as_local_paths(videos, tmp_path):
+    """s3:// and gs:// take this path (pyarrow filesystems, seekable files for PyAV); file:// URIs
+    exercise it without a network."""
+    root, bad = videos
+    local = ingest.read_shards(ingest.materialize(make_cfg(root, mode="parquet"), "val",
+                                                  str(tmp_path / "local"))).take_all()
+    folder = ingest.materialize(make_cfg(root.as_uri(), mode="parquet"), "val",
+                                (tmp_path / "remote").as_uri())
+    remote = ingest.read_shards(folder).take_all()
+
+    assert folder == (tmp_path / "remote" / "val").as_uri()
+    key = lambda r: (r["video_id"], r["view"])
+    assert sorted(map(key, remote)) == sorted(map(key, local))
+    by_key = {key(r): r for r in local}
+    for row in remote:
+        assert row["path"].startswith("file://")
+        assert np.array_equal(row["frames"], by_key[key(row)]["frames"])
+    report = ingest.read_report(folder)
+    assert report.bad and all(path.startswith("file://") for path, _ in report.bad)
+    assert {path.removeprefix("file://") for path, _ in report.bad} <= set(bad)
 
 
 def test_run_ingest_writes_class_map_and_a_report_for_both_splits(videos, tmp_path, capsys):
