@@ -51,9 +51,7 @@ class Location:
         return cls(pafs.LocalFileSystem(), path.replace(os.sep, "/"), path)
 
     def __truediv__(self, child: str) -> Location:
-        return Location(self.fs, posixpath.join(self.path, child),
-                        self.name.rstrip("/") + "/" + child if is_uri(self.name)
-                        else os.path.join(self.name, child))
+        return Location(self.fs, posixpath.join(self.path, child), join(self.name, child))
 
     def __str__(self) -> str:
         return self.name

@@ -123,11 +123,11 @@ def run_variant(args: argparse.Namespace, name: str) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from aim_core.accounting import model_cost
     from aim_core.backbones import build_model, resolve_spec
     from aim_core.config import BackboneConfig, ModelConfig
-    from aim_core.accounting import model_cost
-    from benchmarks.memory import LiveTensorPeak, storage_bytes
     from aim_core.model import count_parameters
+    from benchmarks.memory import LiveTensorPeak, storage_bytes
 
     logging.getLogger("aim_core").setLevel(logging.ERROR)  # "random init" warning is expected here
     torch.manual_seed(0)
@@ -178,15 +178,15 @@ def run_variant(args: argparse.Namespace, name: str) -> dict:
 
     load.append(os.getloadavg()[0])
     train_gmacs = model_cost(cfg).train_gflops_per_clip * args.batch  # meta device: no memory
-    model_bytes = storage_bytes([*model.parameters(), *model.buffers(), x, y])
+    resident = [*model.parameters(), *model.buffers(), x, y]
+    model_bytes = storage_bytes(resident)
     rss_growth = _maxrss_bytes() - rss_start
     if cuda:
         peak = torch.cuda.max_memory_allocated()
     else:  # one more, untimed step under the live-tensor tracker (it slows every op down)
         opt_state = [t for state in opt.state.values() for t in state.values()
                      if isinstance(t, torch.Tensor)]
-        with LiveTensorPeak(existing=[*model.parameters(), *model.buffers(), x, y,
-                                      *opt_state]) as live:
+        with LiveTensorPeak(existing=resident + opt_state) as live:
             step()
         peak = model_bytes + storage_bytes(opt_state) + live.peak
     return dict(variant=name, total_params=total, tunable_params=tunable, times=times,
@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}/timesformer: step GMACs {r['train_gmacs'] / ref['train_gmacs']:.2f}x, "
                   f"time {r['median_s'] / ref['median_s']:.2f}x "
                   f"(cpu time {r['median_cpu_s'] / ref['median_cpu_s']:.2f}x), "
-                  f"peak memory {r['peak_bytes'] / ref['peak_bytes']:.2f}x, above-model memory {r['above_model_bytes'] / ref['above_model_bytes']:.2f}x")
+                  f"peak memory {r['peak_bytes'] / ref['peak_bytes']:.2f}x, above-model memory "
+                  f"{r['above_model_bytes'] / ref['above_model_bytes']:.2f}x")
         for name in [n for n in results if n == "aim" or _checkpointed_blocks(n) is not None]:
             r = results[name]
             t_ratio = r["median_s"] / ref["median_s"]

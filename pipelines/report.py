@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from aim_core.storage import is_uri
+
 from .studies import apply_overrides, trial_label, trial_overrides
 from .sweep import SweepMeta
 from .tracking import MlflowClient, log_figure
@@ -199,7 +201,7 @@ def _labels(ax: Any, xlabel: str, title: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def default_out(sweep_dir: str) -> Path:
-    if "://" in sweep_dir:  # remote sweep: write here, the parent run keeps a copy
+    if is_uri(sweep_dir):  # remote sweep: write here, the parent run keeps a copy
         return Path.cwd() / f"{sweep_dir.rstrip('/').rsplit('/', 1)[-1]}-{REPORT_DIR}"
     return Path(sweep_dir) / REPORT_DIR
 

@@ -18,15 +18,13 @@ The studies and the search-space format are in :mod:`pipelines.studies`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from aim_core.config import Config, ConfigError
-from aim_core.storage import Location
+from aim_core.storage import Location, join
 
 from .studies import STUDIES, SearchSpace, apply_overrides, trial_label, trial_overrides
 
@@ -61,18 +59,18 @@ class SweepMeta:
     register_best: str | None = None
 
     def save(self) -> None:
-        (Location.of(self.path) / META_FILE).write_text(json.dumps(asdict(self), indent=1))
+        (Location.of(self.path) / META_FILE).write_json(asdict(self))
 
     @classmethod
     def read(cls, sweep_dir: str) -> SweepMeta:
-        text = (Location.of(sweep_dir) / META_FILE).read_text()
-        if text is None:
+        data = (Location.of(sweep_dir) / META_FILE).read_json()
+        if data is None:
             raise FileNotFoundError(f"{sweep_dir} is not an aim-video sweep (no {META_FILE})")
-        return cls(**json.loads(text))
+        return cls(**data)
 
     @property
     def train_storage(self) -> str:
-        return f"{self.path.rstrip('/')}/{TRAIN_DIR}"
+        return join(self.path, TRAIN_DIR)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +121,7 @@ class SweepOutcome:
 def sweep_path(cfg: Config, name: str) -> str:
     from .train import _storage
 
-    return f"{_storage(cfg).rstrip('/')}/{name}"
+    return join(_storage(cfg), name)
 
 
 def plan_sweep(cfg: Config, study: str | None, space: SearchSpace | None = None, *,
@@ -272,7 +270,7 @@ def _print_where_to_watch(meta: SweepMeta, ray: Any) -> None:
         dashboard = get_dashboard_url()
     except Exception:  # private helper: the URL is a convenience, never a failure
         dashboard = ""
-    logdir = meta.path if "://" in meta.path else str(Path(meta.path))
+    logdir = meta.path
     print(f"[aim-video sweep] {meta.name}: {meta.path}\n"
           f"[aim-video sweep] TensorBoard: tensorboard --logdir {logdir}\n"
           f"[aim-video sweep] Ray dashboard: "

@@ -23,7 +23,7 @@ import torch
 
 from aim_core.checkpoint import MODEL_FILE
 from aim_core.config import Config
-from aim_core.storage import Location
+from aim_core.storage import Location, is_uri, join
 
 from . import ingest, plots, registry, tracking
 from .cluster_config import check_storage, dashboard_host, train_scaling
@@ -117,7 +117,7 @@ def prepare_data(cfg: Config) -> tuple[dict[str, Any], dict[str, ray.data.Datase
 def absolute_paths(cfg: Config) -> Config:
     """Local paths made absolute on the driver: Ray workers run in other folders."""
     def fix(value: str | None) -> str | None:
-        if not value or "://" in value or os.path.isabs(value):
+        if not value or is_uri(value) or os.path.isabs(value):
             return value
         return str(Path(value).expanduser().resolve())
 
@@ -136,7 +136,7 @@ def absolute_paths(cfg: Config) -> Config:
 
 def _storage(cfg: Config) -> str:
     path = cfg.run.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
 def _run_exists(storage: str, name: str) -> bool:
@@ -245,7 +245,7 @@ def _log_final(outcome: TrainOutcome) -> None:
 
 
 def _marker(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}/{MLFLOW_RUN_FILE}"
+    return join(storage, f"{name}/{MLFLOW_RUN_FILE}")
 
 
 def _remember_mlflow_run(storage: str, name: str, run_id: str) -> None:

@@ -27,20 +27,21 @@ def clips(batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, FRAMES, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-def perturb_adapters(model: torch.nn.Module, seed: int = 1) -> None:
+def _perturb(params, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "adapter" in name or name == "temporal_embedding":
-                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+
+
+def perturb_adapters(model: torch.nn.Module, seed: int = 1) -> None:
+    _perturb([p for name, p in model.named_parameters()
+              if "adapter" in name or name == "temporal_embedding"], seed)
 
 
 def trained_like(model: torch.nn.Module) -> torch.nn.Module:
     """Move every tunable weight away from its init so outputs depend on each one of them."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.tunable_parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    _perturb(model.tunable_parameters(), seed=1)
     return model.eval()
 
 
