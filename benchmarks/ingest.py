@@ -7,7 +7,7 @@ Kinetics files are) with a long (250, ffmpeg's default) and a short (30) keyfram
 measures, for each keyframe interval:
   (a) a plain sequential PyAV loop that decodes every frame to RGB, then samples one 8x16 clip;
   (b) ``aim_core.video.decode_frames`` for the same clip (seek, early stop, convert only 8 frames);
-  (c) Ray Data ingest, when ``pipelines.ingest`` provides it;
+  (c) Ray Data ingest, when ``pipelines.data.ingest`` provides it;
   (d) per file: sampling 8 of the frames with ``decode_frames`` vs decoding the whole file.
 """
 
@@ -147,7 +147,7 @@ def measure(files: list[Path], num_frames: int, repeats: int) -> dict[str, float
             "whole_s": t_whole}
 
 
-# (c) Ray Data ingest: added by pipelines/ingest.py's author
+# (c) Ray Data ingest (pipelines/data/ingest.py)
 RAY_CPUS = (1, 2)
 RAY_VIDEOS_PER_TASK = 4
 
@@ -162,7 +162,7 @@ def ray_clips_per_s(files: list[Path], num_cpus: int, repeats: int = 2) -> tuple
     import ray
 
     from aim_core.config import Config
-    from pipelines.ingest import build_dataset
+    from pipelines.data.ingest import build_dataset
 
     folder = files[0].parent
     listing = folder / "bench_list.txt"
@@ -193,9 +193,9 @@ def measure_ray(files: list[Path], num_cpus: int) -> float | None:
     """Clips/s through Ray Data with 1 and 2 CPUs, printed with the ratio to the plain loop (a)
     measured again here on the same files; returns the rate with the most CPUs for the table."""
     try:
-        import pipelines.ingest  # noqa: F401  (lazy: Ray starts only when this is measured)
+        import pipelines.data.ingest  # noqa: F401  (lazy: Ray starts only when this is measured)
     except ImportError:
-        print("(c) Ray Data ingest: skipped (pipelines.ingest not available)")
+        print("(c) Ray Data ingest: skipped (pipelines.data.ingest not available)")
         return None
     from aim_core.video import probe_video
 

@@ -79,7 +79,7 @@ def _synth_args(parser: argparse.ArgumentParser) -> None:
 
 @command("synth", "write the synthetic temporal-order video set (real H.264 MP4s)", _synth_args)
 def _synth(args: argparse.Namespace) -> int:
-    from pipelines.synthetic import DEFAULT_CLASSES, generate_synthetic
+    from pipelines.data.synthetic import DEFAULT_CLASSES, generate_synthetic
 
     out = generate_synthetic(args.out, videos_per_class=args.videos_per_class, size=args.size,
                              frames=args.frames, fps=args.fps, seed=args.seed,
@@ -98,8 +98,8 @@ def _ingest_args(parser: argparse.ArgumentParser) -> None:
 @command("ingest", "decode and sample the data set on Ray; Parquet shards in parquet mode, a "
          "scan and report in stream mode", _ingest_args)
 def _ingest(args: argparse.Namespace) -> int:
-    from pipelines.ingest import run_ingest
-    from pipelines.train import absolute_paths, ensure_ray
+    from pipelines.data.ingest import run_ingest
+    from pipelines.train.driver import absolute_paths, ensure_ray
 
     ensure_ray()
     run_ingest(absolute_paths(load_config(args)), args.out)
@@ -121,7 +121,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 @command("train", "train on Ray Train, evaluate, track in MLflow, optionally register", _train_args)
 def _train(args: argparse.Namespace) -> int:
-    from pipelines.train import run_training
+    from pipelines.train.driver import run_training
 
     cfg = load_config(args)
     run_training(cfg, resume=args.resume, register_as=args.register or cfg.run.register_as,
@@ -164,7 +164,7 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
 @command("eval", "multi-view top-1/top-5/mean-class accuracy of a model on the val split",
          _eval_args)
 def _eval(args: argparse.Namespace) -> int:
-    from pipelines.evaluate import run_eval, summary
+    from pipelines.evaluation.evaluate import run_eval, summary
 
     metrics = run_eval(load_config(args), args.model, args.out, engine=args.engine)
     print(summary(metrics))
@@ -194,7 +194,7 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
 @command("predict", "print the top classes of each video (the model's test-time views)",
          _predict_args)
 def _predict(args: argparse.Namespace) -> int:
-    from pipelines.predict import run_predict
+    from pipelines.evaluation.predict import run_predict
 
     return run_predict(args.videos, args.model, args.topk, args.overrides, args.labels)
 
@@ -220,7 +220,7 @@ def _explain_args(parser: argparse.ArgumentParser) -> None:
 @command("explain", "last-block attention maps of a video as PNG and GIF (paper Fig. 4)",
          _explain_args)
 def _explain(args: argparse.Namespace) -> int:
-    from pipelines.explain import run_explain
+    from pipelines.evaluation.explain import run_explain
 
     result = run_explain(args.video, args.model, args.compare, args.out, args.frames_from_config)
     for label, prediction in result["predictions"].items():
@@ -250,7 +250,7 @@ def _compare_args(parser: argparse.ArgumentParser) -> None:
 @command("compare-classes", "per-class accuracy difference B - A of two evaluations (paper Fig. 5)",
          _compare_args)
 def _compare_classes(args: argparse.Namespace) -> int:
-    from pipelines.compare import format_ranking, run_compare
+    from pipelines.evaluation.compare import format_ranking, run_compare
 
     try:
         result = run_compare(args.eval_a, args.eval_b, args.names, args.k, args.out,
@@ -288,8 +288,8 @@ def _sweep_args(parser: argparse.ArgumentParser) -> None:
 @command("sweep", "run a paper ablation or a search space as Ray Tune trials, then report",
          _sweep_args)
 def _sweep(args: argparse.Namespace) -> int:
-    from pipelines.studies import SearchSpace
-    from pipelines.sweep import parse_fractions, plan_sweep, run_sweep
+    from pipelines.sweeps.studies import SearchSpace
+    from pipelines.sweeps.sweep import parse_fractions, plan_sweep, run_sweep
 
     meta = plan_sweep(load_config(args), args.study,
                       SearchSpace.load(args.space) if args.space else None, name=args.name,
@@ -309,7 +309,7 @@ def _report_args(parser: argparse.ArgumentParser) -> None:
 @command("report", "a sweep's Markdown table and accuracy plots, logged to its parent run",
          _report_args)
 def _report(args: argparse.Namespace) -> int:
-    from pipelines.report import write_report
+    from pipelines.sweeps.report import write_report
 
     write_report(args.sweep_dir, args.out)
     return 0

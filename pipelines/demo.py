@@ -35,7 +35,7 @@ class DemoRow:
 def prepare_assets(data_dir: Path, *, videos_per_class: int, seed: int) -> tuple[Path, Path]:
     """Write the synthetic set and pre-train the tiny backbone, unless already there."""
     from aim_core.tiny import pretrain_tiny_backbone
-    from pipelines.synthetic import generate_synthetic
+    from pipelines.data.synthetic import generate_synthetic
 
     videos = data_dir / "synthetic"
     if not (videos / "class_map.json").exists():
@@ -73,8 +73,8 @@ def accuracy_on(evaluation: dict, class_names: list[str], keep: set[str]) -> flo
 def run_demo(data_dir: str | Path = "demo_data", config: str | Path = DEMO_CONFIG,
              overrides: list[str] | None = None, videos_per_class: int = 40,
              register_as: str = REGISTERED_NAME) -> list[DemoRow]:
-    from pipelines import registry, tracking
-    from pipelines.train import run_training
+    from pipelines.tracking import registry, runs
+    from pipelines.train.driver import run_training
 
     started = time.perf_counter()
     base = Config.load(config, overrides)
@@ -95,12 +95,12 @@ def run_demo(data_dir: str | Path = "demo_data", config: str | Path = DEMO_CONFI
                             accuracy_on(outcome.evaluation, names, set(names) - temporal),
                             outcome.mlflow_run_id, outcome.model_dir))
     best = max(rows, key=lambda r: r.top1)
-    tracking.configure(base)
+    runs.configure(base)
     version = registry.register_model(best.model_dir, register_as, "champion",
                                       run_id=best.mlflow_run_id, cfg=base)
     print(format_table(rows, len(temporal), len(class_map)))
     print(f"\nregistered the better model ({best.label}) as models:/{register_as}@champion "
-          f"(version {version.version}) in {tracking.tracking_uri(base)}")
+          f"(version {version.version}) in {runs.tracking_uri(base)}")
     example = next((videos / "videos").rglob("*.mp4"))
     print(f"try: aim-video predict {example} --model models:/{register_as}@champion")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -46,7 +46,7 @@ def tiny_assets(tmp_path_factory) -> TinyAssets:
     that ask for it.
     """
     from aim_core.tiny import pretrain_tiny_backbone
-    from pipelines.synthetic import generate_synthetic
+    from pipelines.data.synthetic import generate_synthetic
 
     root = tmp_path_factory.getbasetemp() / "cluster-assets"
     assets = TinyAssets(root / "synthetic" / "videos", root / "tiny_vit.pt")

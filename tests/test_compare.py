@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from pipelines.compare import EvalMismatchError, run_compare
+from pipelines.evaluation.compare import EvalMismatchError, run_compare
 
 CLASSES = ["pour", "push_left", "push_right", "roll", "spin", "throw", "wave"]
 # Per-class accuracies in tenths (10 videos a class), so the confusion matrices are exact.

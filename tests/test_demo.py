@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from aim_core.tiny import pretrain_tiny_backbone
-from pipelines import registry
+from pipelines.tracking import registry
 from pipelines.demo import REGISTERED_NAME, run_demo
 
 

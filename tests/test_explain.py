@@ -17,8 +17,8 @@ from aim_core.backbones import build_model
 from aim_core.checkpoint import save_model
 from aim_core.config import Config, DataConfig
 from pipelines.cli import main
-from pipelines.explain import frame_indices, run_explain
-from pipelines.synthetic import render_video, write_mp4
+from pipelines.evaluation.explain import frame_indices, run_explain
+from pipelines.data.synthetic import render_video, write_mp4
 
 from .modeltools import clips, perturb_adapters, tiny_cfg
 

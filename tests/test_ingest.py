@@ -14,8 +14,8 @@ import pytest
 from aim_core.annotations import load_split
 from aim_core.config import Config
 from aim_core.video import clip_indices, decode_frames
-from pipelines import ingest
-from pipelines.synthetic import generate_synthetic
+from pipelines.data import ingest
+from pipelines.data.synthetic import generate_synthetic
 
 pytestmark = pytest.mark.slow  # every test here runs Ray Data jobs
 

@@ -25,7 +25,7 @@ from clusters import (
 from mlflow import MlflowClient
 from ray.job_submission import JobStatus
 
-from pipelines import registry
+from pipelines.tracking import registry
 
 pytestmark = pytest.mark.slow
 

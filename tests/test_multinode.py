@@ -30,7 +30,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from aim_core.config import Config
-from pipelines.train import run_training
+from pipelines.train.driver import run_training
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from pipelines import plots
+from pipelines.tracking import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -14,10 +14,10 @@ from mlflow import MlflowClient
 from aim_core.backbones import build_model
 from aim_core.checkpoint import save_model
 from aim_core.config import Config
-from pipelines import registry, tracking
+from pipelines.tracking import registry, runs
 from pipelines.cli import main
-from pipelines.evaluate import evaluate, load_views, predict_video
-from pipelines.predict import predict_videos
+from pipelines.evaluation.evaluate import evaluate, load_views, predict_video
+from pipelines.evaluation.predict import predict_videos
 
 from .modeltools import CLASSES, tracked_config, trained_like
 from .test_plots import PNG_SIGNATURE
@@ -213,7 +213,7 @@ def test_eval_of_a_registered_model_is_logged_to_its_run(checkpoint, tmp_path, c
     ckpt, cfg = checkpoint
     cfg = Config.from_dict(cfg.to_dict())
     cfg.run.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with tracking.start_run(cfg, run_name="train") as run:
+    with runs.start_run(cfg, run_name="train") as run:
         registry.register_model(ckpt, "tiny-eval", run_id=run.info.run_id, cfg=cfg)
     config = write_config(cfg, tmp_path / "eval.yaml")
     assert main(["eval", str(config), "--model", "models:/tiny-eval@champion",
@@ -247,7 +247,7 @@ def test_predict_resolves_a_registry_alias_from_the_environment(checkpoint, data
 def test_evaluation_over_ingested_ray_views_matches_local_decoding(checkpoint):
     import ray
 
-    from pipelines.ingest import build_dataset
+    from pipelines.data.ingest import build_dataset
     from aim_core.annotations import ClassMap, load_split
 
     ckpt, cfg = checkpoint

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from aim_core.backbones import build_model
 from aim_core.checkpoint import save_model
-from pipelines import registry, tracking
+from pipelines.tracking import registry, runs
 
 from .modeltools import CLASSES, clips, tracked_config, trained_like
 
@@ -47,7 +47,7 @@ def test_registered_model_loads_back_identically_and_offline(tmp_path, clip_weig
     with torch.no_grad():
         expected = model(x)
 
-    with tracking.start_run(cfg, run_name="train") as run:
+    with runs.start_run(cfg, run_name="train") as run:
         version = registry.register_model(checkpoint, "tiny-aim", alias="champion",
                                           run_id=run.info.run_id)
     assert str(version.version) == "1" and version.run_id == run.info.run_id
@@ -97,7 +97,7 @@ def test_runs_uri_of_a_logged_checkpoint_folder_resolves(tmp_path):
     cfg = tracked_config(tmp_path)
     model = trained_like(build_model(cfg.model))
     save_model(tmp_path / "ckpt", model, cfg, CLASSES)
-    with tracking.start_run(cfg) as run:
+    with runs.start_run(cfg) as run:
         mlflow.log_artifacts(str(tmp_path / "ckpt"), "checkpoint")
     loaded, _, names = registry.resolve_model(f"runs:/{run.info.run_id}/checkpoint")
     assert names == CLASSES
@@ -110,3 +110,29 @@ def test_runs_uri_of_a_logged_checkpoint_folder_resolves(tmp_path):
 def test_missing_model_reference_says_what_is_accepted(tmp_path):
     with pytest.raises(FileNotFoundError, match="models:/NAME@ALIAS"):
         registry.resolve_model(tmp_path / "nothing-here")
+
+
+LEGACY_ENTRY = """\
+import mlflow
+from pipelines.registry import AimVideoPyfunc
+
+mlflow.models.set_model(AimVideoPyfunc())
+"""
+
+
+@pytest.mark.slow
+def test_a_model_registered_before_the_stage_packages_still_loads(tmp_path):
+    """Versions registered earlier carry an entry script importing ``pipelines.registry``."""
+    cfg = tracked_config(tmp_path)
+    model = trained_like(build_model(cfg.model))
+    checkpoint = save_model(tmp_path / "ckpt", model, cfg, CLASSES)
+    entry = tmp_path / "aim_video_model.py"
+    entry.write_text(LEGACY_ENTRY)
+    runs.configure(cfg)
+    with runs.start_run(cfg):
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(entry),
+                                       artifacts={"model": str(checkpoint)})
+    x = clips(batch=2)
+    probs = mlflow.pyfunc.load_model(info.model_uri).predict(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(probs, model(x).softmax(-1).numpy(), rtol=0, atol=1e-6)

@@ -20,10 +20,10 @@ from mlflow import MlflowClient
 
 from aim_core.config import Config, ConfigError
 from aim_core.tiny import pretrain_tiny_backbone
-from pipelines.report import collect
-from pipelines.studies import DEFAULT_FRACTIONS, SearchSpace, apply_overrides
-from pipelines.sweep import plan_sweep, run_sweep
-from pipelines.synthetic import generate_synthetic
+from pipelines.sweeps.report import collect
+from pipelines.sweeps.studies import DEFAULT_FRACTIONS, SearchSpace, apply_overrides
+from pipelines.sweeps.sweep import plan_sweep, run_sweep
+from pipelines.data.synthetic import generate_synthetic
 
 CLASSES = ("blue_circle", "move_left_to_right", "move_right_to_left", "red_square")
 

@@ -10,7 +10,7 @@ import pytest
 
 from aim_core.annotations import ClassMap, load_split
 from aim_core.config import DataConfig
-from pipelines.synthetic import CLASSES, DEFAULT_CLASSES, generate_synthetic, render_video
+from pipelines.data.synthetic import CLASSES, DEFAULT_CLASSES, generate_synthetic, render_video
 
 
 def decode(path) -> np.ndarray:

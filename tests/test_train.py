@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 from aim_core.checkpoint import load_model
 from aim_core.config import Config
 from aim_core.tiny import pretrain_tiny_backbone
-from pipelines import registry, tracking
-from pipelines.synthetic import generate_synthetic
-from pipelines.train import RunExistsError, run_training
+from pipelines.tracking import registry, runs
+from pipelines.data.synthetic import generate_synthetic
+from pipelines.train.driver import RunExistsError, run_training
 
 from clusters import CLASSES, TinyAssets, training_config
 
@@ -49,7 +49,7 @@ def test_two_cpu_workers_beat_chance_and_register_a_model_that_reloads(tmp_path,
     assert [h["epoch"] for h in outcome.history] == list(range(1, 7))
     assert outcome.evaluation["num_videos"] == 12
     assert outcome.evaluation["top1"] > 1 / len(CLASSES) + 0.2
-    run = MlflowClient(tracking.tracking_uri(cfg)).get_run(outcome.mlflow_run_id)
+    run = MlflowClient(runs.tracking_uri(cfg)).get_run(outcome.mlflow_run_id)
     assert run.data.params["model.adapter.ratio"] == "0.25"
     assert run.data.metrics["final_top1"] == pytest.approx(outcome.evaluation["top1"])
     artifacts = {a.path for a in MlflowClient().list_artifacts(outcome.mlflow_run_id, "plots")}

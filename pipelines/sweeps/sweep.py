@@ -1,7 +1,7 @@
 """Ray Tune sweeps: the paper's ablations (and any search space) as trials of the training pipeline.
 
 Why a function trainable: with Ray Train V2, ``Tuner(TorchTrainer(...))`` is gone. Each trial is a
-small Tune function (0.1 CPU) that runs :func:`pipelines.train.run_training` for the base config plus
+small Tune function (0.1 CPU) that runs :func:`pipelines.train.driver.run_training` for the base config plus
 the trial's dotted-key overrides; the Train run gets its own workers and forwards every epoch's
 metrics to Tune through ``TuneReportCallback``, then the trial reports its final evaluation and cost.
 
@@ -11,9 +11,9 @@ Layout under ``<run.storage_path>/<sweep name>/`` (the Tune experiment folder)::
     trial_<id>/             Tune's result.json, progress.csv, params.json, TensorBoard events
     train/<trial id>/       the trial's Ray Train run (checkpoints); named after the trial id, so a
                             restored sweep resumes an unfinished trial from its last epoch
-    report/                 report.md, results.json and the plots (see :mod:`pipelines.report`)
+    report/                 report.md, results.json and the plots (see :mod:`pipelines.sweeps.report`)
 
-The studies and the search-space format are in :mod:`pipelines.studies`.
+The studies and the search-space format are in :mod:`pipelines.sweeps.studies`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
+
 from aim_core.config import Config, ConfigError
 from aim_core.storage import Location, join
 
-from .studies import STUDIES, SearchSpace, apply_overrides, trial_label, trial_overrides
+from pipelines.sweeps.studies import STUDIES, SearchSpace, apply_overrides, trial_label, trial_overrides
 
 META_FILE = "aim_sweep.json"
 TRAIN_DIR = "train"
@@ -82,7 +85,7 @@ def run_trial(config: dict[str, Any], *, meta: SweepMeta) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .train import run_training
+    from pipelines.train.driver import run_training
 
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_overrides(meta.base, trial_overrides(config))
@@ -119,7 +122,7 @@ class SweepOutcome:
 
 
 def sweep_path(cfg: Config, name: str) -> str:
-    from .train import _storage
+    from pipelines.train.driver import _storage
 
     return join(_storage(cfg), name)
 
@@ -129,8 +132,8 @@ def plan_sweep(cfg: Config, study: str | None, space: SearchSpace | None = None,
                metric: str = "val_top1", mode: str = "max", asha: bool = False,
                max_concurrent: int | None = None, register_best: str | None = None) -> SweepMeta:
     """Resolve the study's settings and check every trial config before anything starts."""
-    from . import tracking
-    from .train import absolute_paths
+    from pipelines.tracking import runs
+    from pipelines.train.driver import absolute_paths
 
     if study is None and space is None:
         raise ConfigError(f"sweep: give --study ({', '.join(STUDIES)}) and/or --space FILE")
@@ -145,7 +148,7 @@ def plan_sweep(cfg: Config, study: str | None, space: SearchSpace | None = None,
     if asha and cfg.optim.eval_every != 1 and metric.startswith("val_"):
         raise ConfigError(f"sweep --asha compares trials on every epoch's {metric}: set "
                           f"optim.eval_every=1")
-    cfg = tracking.pin_tracking_uri(absolute_paths(cfg))
+    cfg = runs.pin_tracking_uri(absolute_paths(cfg))
     settings = STUDIES[study](cfg, fractions=fractions) if study else []
     base = cfg.to_dict()
     for s in settings:
@@ -203,8 +206,8 @@ def run_sweep(meta: SweepMeta, *, resume: bool = False) -> SweepOutcome:
     import ray
     from ray import tune
 
-    from . import tracking
-    from .train import ensure_ray
+    from pipelines.tracking import runs
+    from pipelines.train.driver import ensure_ray
 
     if resume:
         meta = _merge_for_resume(meta)
@@ -213,12 +216,12 @@ def run_sweep(meta: SweepMeta, *, resume: bool = False) -> SweepOutcome:
                               f"to finish it, or choose another name")
     ensure_ray()
     base = Config.from_dict(meta.base)
-    with tracking.start_run(base, run_name=meta.name, run_id=meta.parent_run_id,
+    with runs.start_run(base, run_name=meta.name, run_id=meta.parent_run_id,
                             tags={"sweep": meta.name, "study": meta.study or "space",
                                   "role": "sweep"}) as parent:
         meta.parent_run_id = parent.info.run_id
         meta.save()
-        tracking.mlflow.log_params({"sweep.study": meta.study or "space", "sweep.metric": meta.metric,
+        mlflow.log_params({"sweep.study": meta.study or "space", "sweep.metric": meta.metric,
                                     "sweep.mode": meta.mode, "sweep.asha": meta.asha,
                                     "sweep.trials": len(meta.settings) or "space"}
                                    if not resume else {})
@@ -281,12 +284,11 @@ def _print_where_to_watch(meta: SweepMeta, ray: Any) -> None:
 
 def _finish(meta: SweepMeta) -> SweepOutcome:
     """After ``fit``: close runs of stopped trials, write the report, register the best model."""
-    from . import tracking
-    from .report import collect, write_report
+    from pipelines.sweeps.report import collect, write_report
 
     table = collect(meta.path)
     complete = all(r.status in ("TERMINATED", "ERROR") for r in table.rows)
-    client = tracking.MlflowClient(meta.tracking_uri)
+    client = MlflowClient(meta.tracking_uri)
     for row in table.rows:
         if not row.mlflow_run_id:
             continue
@@ -301,12 +303,12 @@ def _finish(meta: SweepMeta) -> SweepOutcome:
     outcome = SweepOutcome(meta.path, meta.parent_run_id or "", complete,
                            best.trial_id if best else None, str(report))
     if best is not None:
-        tracking.mlflow.set_tags({"best_trial": best.trial_id, "best_setting": best.setting})
-        tracking.mlflow.log_metric(f"best_{meta.metric}", best.metric(meta.metric))
+        mlflow.set_tags({"best_trial": best.trial_id, "best_setting": best.setting})
+        mlflow.log_metric(f"best_{meta.metric}", best.metric(meta.metric))
         print(f"[aim-video sweep] best trial {best.trial_id} ({best.setting}): {meta.metric} "
               f"{best.metric(meta.metric):.4f}", flush=True)
     if not complete:
-        tracking.mlflow.set_tag("interrupted", "true")
+        mlflow.set_tag("interrupted", "true")
         print(f"[aim-video sweep] not finished: resume with `aim-video sweep ... --resume` "
               f"(sweep {meta.path})", flush=True)
     elif meta.register_best and best is not None:
@@ -318,17 +320,17 @@ def register_best(meta: SweepMeta, run_id: str | None) -> str:
     """Register the best trial's logged checkpoint as ``models:/<name>@champion``."""
     import tempfile
 
-    from . import registry, tracking
+    from pipelines.tracking import registry
 
     if run_id is None:
         raise RuntimeError("the best trial has no MLflow run to register from")
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = tracking.mlflow.artifacts.download_artifacts(
+        ckpt = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path="checkpoint/model.pt", dst_path=tmp,
             tracking_uri=meta.tracking_uri)
         version = registry.register_model(ckpt, meta.register_best, "champion", run_id=run_id,
                                           cfg=Config.from_dict(meta.base))
-    tracking.mlflow.set_tag("registered_model", f"{meta.register_best}/{version.version}")
+    mlflow.set_tag("registered_model", f"{meta.register_best}/{version.version}")
     print(f"[aim-video sweep] registered models:/{meta.register_best}@champion "
           f"(version {version.version}, run {run_id})", flush=True)
     return version.version

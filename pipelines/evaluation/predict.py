@@ -17,7 +17,7 @@ import torch
 from aim_core.config import Config, apply_override
 from aim_core.video import VideoDecodeError
 
-from .evaluate import default_device, predict_video
+from pipelines.evaluation.evaluate import default_device, predict_video
 
 
 @dataclass
@@ -73,8 +73,8 @@ def run_predict(paths: Sequence[str], model_ref: str, topk: int = 5,
                 out: TextIO | None = None, err: TextIO | None = None) -> int:
     """The command: prints each video's top classes; returns 1 if any video failed, else 0."""
     out, err = out or sys.stdout, err or sys.stderr
-    from .registry import resolve_model
-    from .tracking import configure
+    from pipelines.tracking.registry import resolve_model
+    from pipelines.tracking.runs import configure
 
     configure()  # models:/ and runs:/ resolve against $MLFLOW_TRACKING_URI or ./mlflow.db
     device = default_device()

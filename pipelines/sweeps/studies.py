@@ -2,7 +2,7 @@
 
 Each study is one of the paper's tables or figures (Table 1, 7, 8, Fig. 3): a list of
 :class:`Setting` rows, each a label as the paper names it and the dotted-key overrides that
-make it. :mod:`pipelines.sweep` runs them as Ray Tune trials.
+make it. :mod:`pipelines.sweeps.sweep` runs them as Ray Tune trials.
 
 Search spaces live in their own YAML (``--space FILE``), not in the config file: the config stays a
 strict, valid :class:`Config` that ``train``/``eval`` accept as is, and one space can be reused over

@@ -215,9 +215,9 @@ def run_explain(video: str | os.PathLike[str], model_ref: str, compare_ref: str 
     (under ``explain/``) to the run of each model that came from MLflow. Returns the paths, the
     per-model predictions and the runs logged to.
     """
-    from pipelines.evaluate import default_device
-    from pipelines.registry import is_mlflow_uri, resolve_model, source_run_id
-    from pipelines.tracking import configure, log_figure
+    from pipelines.evaluation.evaluate import default_device
+    from pipelines.tracking.registry import is_mlflow_uri, resolve_model, source_run_id
+    from pipelines.tracking.runs import configure, log_figure
 
     refs = [r for r in (model_ref, compare_ref) if r is not None]
     if any(is_mlflow_uri(r) for r in refs):

@@ -7,7 +7,7 @@ SSv2. Two ways in:
 
 - a list of records or paths, decoded here with PyAV in one process (``aim-video predict``, small
   validation sets, notebooks);
-- a Ray Dataset of test views from :mod:`pipelines.ingest` (rows ``video_id, label, view,
+- a Ray Dataset of test views from :mod:`pipelines.data.ingest` (rows ``video_id, label, view,
   frames``: one temporal clip each), for large sets where decoding must be spread over a cluster.
 
 A video that cannot be decoded is skipped and listed under ``failed`` in the result; it does not
@@ -222,7 +222,7 @@ def summary(metrics: dict[str, Any]) -> str:
 
 def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """``eval.json`` and ``confusion.png`` in ``out_dir``; returns both paths."""
-    from pipelines.plots import plot_confusion
+    from pipelines.tracking.plots import plot_confusion
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
 def log_report(run_id: str, metrics: dict[str, Any], files: Sequence[Path],
                prefix: str = "eval") -> None:
     """Attach the evaluation to an existing MLflow run (``eval_top1`` ... and ``eval/`` files)."""
-    from pipelines.tracking import log_epoch, log_figure
+    from pipelines.tracking.runs import log_epoch, log_figure
 
     scalars = {f"{prefix}_{k}": metrics[k] for k in ("top1", "top5", "mean_class_acc")}
     log_epoch(scalars, 0, run_id=run_id)
@@ -258,8 +258,8 @@ def run_eval(cfg: Config, model_ref: str, out_dir: str | Path, engine: str = "lo
     from dataclasses import replace
 
     from aim_core.annotations import ClassMap, load_split
-    from pipelines.registry import is_mlflow_uri, resolve_model, source_run_id
-    from pipelines.tracking import configure
+    from pipelines.tracking.registry import is_mlflow_uri, resolve_model, source_run_id
+    from pipelines.tracking.runs import configure
 
     configure(cfg)
     device = default_device()
@@ -267,7 +267,7 @@ def run_eval(cfg: Config, model_ref: str, out_dir: str | Path, engine: str = "lo
     ecfg = replace(cfg, model=model_cfg.model)
     class_map = ClassMap(class_names) if class_names else None
     if engine == "ray":
-        from pipelines.ingest import build_dataset
+        from pipelines.data.ingest import build_dataset
 
         ingested = build_dataset(ecfg, "val", train=False, class_map=class_map)
         data, names, failed = ingested.dataset, ingested.class_map.names, ingested.report.bad

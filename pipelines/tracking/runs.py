@@ -7,7 +7,7 @@ every experiment we create on a sqlite store gets an explicit absolute ``artifac
 the database. Resolve the URI once on the driver (:func:`pin_tracking_uri`) before shipping the
 config to workers, for the same reason.
 
-Plots are in :mod:`pipelines.plots`, the Model Registry in :mod:`pipelines.registry`.
+Plots are in :mod:`pipelines.tracking.plots`, the Model Registry in :mod:`pipelines.tracking.registry`.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from typing import Any
 
 from aim_core.storage import is_uri
 
-from .studies import apply_overrides, trial_label, trial_overrides
-from .sweep import SweepMeta
-from .tracking import MlflowClient, log_figure
+from pipelines.sweeps.studies import apply_overrides, trial_label, trial_overrides
+from pipelines.sweeps.sweep import SweepMeta
+from pipelines.tracking.runs import MlflowClient, log_figure
 
 REPORT_DIR = "report"
 _COST_KEYS = ("tunable_params", "total_params", "gflops_per_view")

@@ -2,7 +2,7 @@
 
 The Ray calls sit at its edges: :func:`ray.train.get_checkpoint` on entry (a restarted worker group
 or ``--resume`` continues from the last epoch), :func:`ray.train.report` with a checkpoint after
-every epoch. :mod:`pipelines.train` is the driver that starts it.
+every epoch. :mod:`pipelines.train.driver` is the driver that starts it.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from aim_core.checkpoint import MODEL_FILE, save_model
 from aim_core.config import Config
 from aim_core.transforms import build_train_transform
 
-from . import ingest
-from .evaluate import VideoScores, score_rows
-from .optimization import Precision, accumulation_steps, build_optimizer, build_scheduler
+from pipelines.data import ingest
+from pipelines.evaluation.evaluate import VideoScores, score_rows
+from pipelines.train.optimization import Precision, accumulation_steps, build_optimizer, build_scheduler
 
 STATE_FILE = "train_state.pt"
 EVAL_FILE = "eval.json"

@@ -2,7 +2,7 @@
 
 The driver (:func:`run_training`) builds the data, the MLflow run and the trainer from one
 :class:`~aim_core.config.Config`, then logs the final evaluation, the plots and the model. The loop
-each worker runs is in :mod:`pipelines.train_worker`.
+each worker runs is in :mod:`pipelines.train.worker`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import ray
 import ray.train
 import ray.train.torch
@@ -25,9 +26,10 @@ from aim_core.checkpoint import MODEL_FILE
 from aim_core.config import Config
 from aim_core.storage import Location, is_uri, join
 
-from . import ingest, plots, registry, tracking
-from .cluster_config import check_storage, dashboard_host, train_scaling
-from .train_worker import EVAL_COLUMNS, EVAL_FILE, STATE_FILE, train_loop_per_worker
+from pipelines.cluster_config import check_storage, dashboard_host, train_scaling
+from pipelines.data import ingest
+from pipelines.tracking import plots, registry, runs
+from pipelines.train.worker import EVAL_COLUMNS, EVAL_FILE, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,8 @@ class MlflowEpochLogger(ray.train.UserCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: ray.train.Checkpoint | None) -> None:
         if metrics and "epoch" in metrics[0]:
-            tracking.mlflow.set_tracking_uri(self.tracking_uri)
-            tracking.log_epoch(metrics[0], int(metrics[0]["epoch"]), run_id=self.run_id)
+            mlflow.set_tracking_uri(self.tracking_uri)
+            runs.log_epoch(metrics[0], int(metrics[0]["epoch"]), run_id=self.run_id)
 
 
 @dataclass
@@ -152,7 +154,7 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
     """Train ``cfg`` on Ray and track it in MLflow; see the module docstring.
 
     ``callbacks``: extra Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a sweep
-    trial runs this (see :mod:`pipelines.sweep`).
+    trial runs this (see :mod:`pipelines.sweeps.sweep`).
     """
     from aim_core.accounting import model_cost
 
@@ -164,7 +166,7 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
         raise RunExistsError(f"run {name!r} already exists under {storage}: pass --resume to "
                              f"continue it, or choose another run.name")
     ensure_ray()
-    cfg = tracking.pin_tracking_uri(cfg)
+    cfg = runs.pin_tracking_uri(cfg)
     loop_data, datasets, class_names, train_videos, reports = prepare_data(cfg)
     if cfg.model.num_classes != len(class_names):
         raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the data has "
@@ -172,16 +174,16 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
     cost = model_cost(cfg).to_dict()
 
     mlflow_run_id = _previous_mlflow_run(storage, name) if resume else None
-    with tracking.start_run(cfg, run_name=name, run_id=mlflow_run_id, parent_run_id=parent_run_id,
+    with runs.start_run(cfg, run_name=name, run_id=mlflow_run_id, parent_run_id=parent_run_id,
                             nested=parent_run_id is not None, tags=tags) as run:
         mlflow_run_id = run.info.run_id
         _remember_mlflow_run(storage, name, mlflow_run_id)
-        tracking.log_model_cost(cost)
+        runs.log_model_cost(cost)
         for split, report in reports.items():
-            tracking.mlflow.log_dict(report, f"ingest/{split}_report.json")
+            mlflow.log_dict(report, f"ingest/{split}_report.json")
         if "train_stream" in loop_data:  # the videos this run trains on (data-fraction studies)
             items = loop_data["train_stream"].items
-            tracking.mlflow.log_dict({"video_ids": [i["video_id"] for i in items],
+            mlflow.log_dict({"video_ids": [i["video_id"] for i in items],
                                       "labels": [int(i["label"]) for i in items]},
                                      f"ingest/{TRAIN_VIDEOS_FILE}")
         scaling = train_scaling(cfg.run, ray.cluster_resources().get("GPU", 0))
@@ -231,14 +233,14 @@ def _collect(result: ray.train.Result, cfg: Config, name: str, mlflow_run_id: st
 def _log_final(outcome: TrainOutcome) -> None:
     """Final metrics, curves, confusion matrix, evaluation and the model checkpoint as artifacts."""
     ev = outcome.evaluation
-    tracking.mlflow.log_metrics({"final_top1": ev["top1"], "final_top5": ev["top5"],
+    mlflow.log_metrics({"final_top1": ev["top1"], "final_top5": ev["top5"],
                                  "final_mean_class_acc": ev["mean_class_acc"]})
     with tempfile.TemporaryDirectory() as tmp:
-        tracking.log_figure(plots.plot_curves(outcome.history, Path(tmp) / "curves.png"))
-        tracking.log_figure(plots.plot_confusion(ev["confusion"], outcome.class_names,
+        runs.log_figure(plots.plot_curves(outcome.history, Path(tmp) / "curves.png"))
+        runs.log_figure(plots.plot_confusion(ev["confusion"], outcome.class_names,
                                                  Path(tmp) / "confusion.png"))
-    tracking.mlflow.log_dict(ev, "evaluation/eval.json")
-    tracking.mlflow.log_artifact(str(outcome.model_dir / MODEL_FILE), "checkpoint")
+    mlflow.log_dict(ev, "evaluation/eval.json")
+    mlflow.log_artifact(str(outcome.model_dir / MODEL_FILE), "checkpoint")
     print(f"[aim-video train] done: val top-1 {100 * ev['top1']:.1f}%, top-5 {100 * ev['top5']:.1f}%, "
           f"mean-class {100 * ev['mean_class_acc']:.1f}% on {ev['num_videos']} videos; "
           f"run {outcome.run_path}; MLflow run {outcome.mlflow_run_id}", flush=True)

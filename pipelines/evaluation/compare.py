@@ -155,7 +155,7 @@ def run_compare(eval_a: str | Path, eval_b: str | Path, names: Sequence[str] = (
     Returns ``top`` and ``bottom`` (:class:`ClassDiff` lists), ``diffs`` (all, sorted) and
     ``files`` (every path written).
     """
-    from pipelines.plots import plot_confusion
+    from pipelines.tracking.plots import plot_confusion
 
     if k < 1:
         raise ValueError(f"--k must be a positive integer, got {k}")
@@ -180,7 +180,7 @@ def run_compare(eval_a: str | Path, eval_b: str | Path, names: Sequence[str] = (
 def _log_to_runs(files: Sequence[Path], runs: Sequence[str]) -> None:
     if not runs:
         return
-    from pipelines.tracking import configure, log_figure
+    from pipelines.tracking.runs import configure, log_figure
 
     configure()
     for run in dict.fromkeys(runs):

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .tracking import scalar_metrics  # noqa: E402
+from pipelines.tracking.runs import scalar_metrics  # noqa: E402
 
 
 

@@ -1,0 +1,1 @@
+"""Videos to clips on Ray Data: listing, scanning, decoding, stored shards, the demo data set."""

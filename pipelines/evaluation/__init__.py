@@ -1,0 +1,1 @@
+"""Trained models on videos: multi-view evaluation, prediction, attention pictures, class comparisons."""

@@ -1,0 +1,1 @@
+"""MLflow: runs, metrics and plots, and the Model Registry."""
