@@ -223,6 +223,8 @@ class RunConfig:
         _check(self.num_workers > 0, f"{path}.num_workers", "a positive integer", self.num_workers)
         _check(self.cpus_per_worker > 0, f"{path}.cpus_per_worker", "a positive number",
                self.cpus_per_worker)
+        _check(self.gpus_per_worker > 0, f"{path}.gpus_per_worker", "a positive number",
+               self.gpus_per_worker)
         _check(self.ingest_cpus > 0, f"{path}.ingest_cpus", "a positive number", self.ingest_cpus)
         _check(self.max_failures >= 0, f"{path}.max_failures", "a non-negative integer",
                self.max_failures)

@@ -12,15 +12,24 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def scheme(path: str) -> str | None:
+    """The URI scheme in lower case (``s3``, ``gs``, ``file``), or None for a plain path."""
+    head, sep, _ = str(path).partition("://")
+    return head.lower() if sep and _SCHEME.fullmatch(head) else None
+
 
 def is_uri(path: str) -> bool:
-    return "://" in str(path)
+    return scheme(path) is not None
 
 
 def join(base: str, rel: str) -> str:

@@ -33,7 +33,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def load_config(args: argparse.Namespace) -> Config:
     """The validated config; secrets in it are refused (they belong in the environment)."""
-    from pipelines.cluster_config import reject_inline_credentials
+    from pipelines.preflight import reject_inline_credentials
 
     cfg = Config.load(args.config, args.overrides)
     reject_inline_credentials(cfg, where=args.config)
@@ -99,7 +99,7 @@ def _ingest_args(parser: argparse.ArgumentParser) -> None:
          "scan and report in stream mode", _ingest_args)
 def _ingest(args: argparse.Namespace) -> int:
     from pipelines.data.ingest import run_ingest
-    from pipelines.train.driver import absolute_paths, ensure_ray
+    from pipelines.runtime import absolute_paths, ensure_ray
 
     ensure_ray()
     run_ingest(absolute_paths(load_config(args)), args.out)
@@ -329,16 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.runtime import keep_private_cluster_on_loopback, shutdown_ray
+
+    keep_private_cluster_on_loopback()  # before anything imports Ray
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipelines.cluster_config import InlineCredentialsError
+    from pipelines.preflight import InlineCredentialsError
 
     try:
         return args.handler(args) or 0
     except (ConfigError, InlineCredentialsError) as exc:
         print(f"aim-video {args.command}: config error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if "ray" in sys.modules:
+            shutdown_ray()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # let tests import videotools as a plain module
 
+from pipelines.runtime import keep_private_cluster_on_loopback  # noqa: E402
+
+keep_private_cluster_on_loopback()  # the clusters tests start listen on 127.0.0.1, as the CLI's do
+
 import videotools  # noqa: E402
 
 

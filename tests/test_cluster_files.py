@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cluster_config import DECODE_RESOURCE, reject_inline_credentials
+from pipelines.preflight import reject_inline_credentials
+from pipelines.resources import DECODE_RESOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

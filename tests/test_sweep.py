@@ -1,7 +1,7 @@
 """Sweeps run the paper's studies as Tune trials of the training pipeline, tracked and reported.
 
 Tiny on purpose (4 classes x 8 videos of 32x32, 2 epochs, one 0.5-CPU worker per trial, trials one
-at a time on two cores: see ``default_concurrency``).
+at a time on two cores: see ``pipelines.resources.trial_concurrency``).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from aim_core.storage import Location, join
 from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, open_video_source,
                             probe_video)
 
-from pipelines.cluster_config import ingest_resources
+from pipelines.resources import ingest_resources
 
 log = logging.getLogger(__name__)
 

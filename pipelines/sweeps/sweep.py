@@ -18,7 +18,6 @@ The studies and the search-space format are in :mod:`pipelines.sweeps.studies`.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -29,6 +28,8 @@ from mlflow import MlflowClient
 from aim_core.config import Config, ConfigError
 from aim_core.storage import Location, join
 
+from pipelines.resources import trial_concurrency
+from pipelines.runtime import absolute, absolute_paths, ensure_ray
 from pipelines.sweeps.studies import STUDIES, SearchSpace, apply_overrides, trial_label, trial_overrides
 
 META_FILE = "aim_sweep.json"
@@ -122,9 +123,7 @@ class SweepOutcome:
 
 
 def sweep_path(cfg: Config, name: str) -> str:
-    from pipelines.train.driver import _storage
-
-    return join(_storage(cfg), name)
+    return join(absolute(cfg.run.storage_path), name)
 
 
 def plan_sweep(cfg: Config, study: str | None, space: SearchSpace | None = None, *,
@@ -133,7 +132,6 @@ def plan_sweep(cfg: Config, study: str | None, space: SearchSpace | None = None,
                max_concurrent: int | None = None, register_best: str | None = None) -> SweepMeta:
     """Resolve the study's settings and check every trial config before anything starts."""
     from pipelines.tracking import runs
-    from pipelines.train.driver import absolute_paths
 
     if study is None and space is None:
         raise ConfigError(f"sweep: give --study ({', '.join(STUDIES)}) and/or --space FILE")
@@ -181,33 +179,12 @@ def param_space(meta: SweepMeta) -> dict[str, Any]:
     return out
 
 
-def default_concurrency(cfg: Config) -> int:
-    """Trials that fit the cluster at once: each needs its workers plus at least one CPU for its
-    decode tasks (two trials sharing one spare CPU for decoding crawled on two cores, seen here)."""
-    import ray
-
-    res = ray.cluster_resources()
-    per_trial = cfg.run.num_workers * cfg.run.cpus_per_worker + max(1.0, cfg.run.ingest_cpus) + 0.1
-    fit = math.floor(res.get("CPU", 1) / per_trial + 1e-9)
-    if cfg.run.use_gpu or (cfg.run.use_gpu is None and res.get("GPU", 0) > 0):
-        fit = min(fit, math.floor(res.get("GPU", 0) / (cfg.run.num_workers * cfg.run.gpus_per_worker)
-                                  + 1e-9))
-    if fit < 1:
-        raise ConfigError(
-            f"run: a trial needs {per_trial:.2f} CPUs (run.num_workers x run.cpus_per_worker + "
-            f"decoding + 0.1 for the trial) but the cluster has {res.get('CPU', 0):g}: lower "
-            f"run.cpus_per_worker or run.ingest_cpus (e.g. --set run.cpus_per_worker=0.5 "
-            f"--set run.ingest_cpus=0.5), or it would wait forever")
-    return fit
-
-
 def run_sweep(meta: SweepMeta, *, resume: bool = False) -> SweepOutcome:
     """Run (or, with ``resume``, restore and finish) the sweep; report; register the best trial."""
     import ray
     from ray import tune
 
     from pipelines.tracking import runs
-    from pipelines.train.driver import ensure_ray
 
     if resume:
         meta = _merge_for_resume(meta)
@@ -237,6 +214,7 @@ def run_sweep(meta: SweepMeta, *, resume: bool = False) -> SweepOutcome:
 
 
 def _new_tuner(meta: SweepMeta, trainable: Any, base: Config) -> Any:
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -248,7 +226,7 @@ def _new_tuner(meta: SweepMeta, trainable: Any, base: Config) -> Any:
                    **meta.space.get("asha", {})}
         scheduler = ASHAScheduler(time_attr="epoch", metric=meta.metric, mode=meta.mode,
                                   max_t=base.optim.epochs, stop_last_trials=False, **options)
-    concurrent = meta.max_concurrent or default_concurrency(base)
+    concurrent = meta.max_concurrent or trial_concurrency(base.run, ray.cluster_resources())
     print(f"[aim-video sweep] up to {concurrent} trial(s) at once", flush=True)
     return tune.Tuner(
         trainable, param_space=param_space(meta),

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,16 @@ import torch
 
 from aim_core.checkpoint import MODEL_FILE
 from aim_core.config import Config
-from aim_core.storage import Location, is_uri, join
 
-from pipelines.cluster_config import check_storage, dashboard_host, train_scaling
+from pipelines.preflight import check_storage
+from pipelines.resources import train_scaling
+from pipelines.runtime import RunFolder, absolute_paths, ensure_ray
 from pipelines.data import ingest
 from pipelines.tracking import plots, registry, runs
 from pipelines.train.worker import EVAL_COLUMNS, EVAL_FILE, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
-MLFLOW_RUN_FILE = "mlflow_run_id"
 TRAIN_VIDEOS_FILE = "train_videos.json"   # MLflow artifact under ingest/
 
 
@@ -74,22 +73,6 @@ class TrainOutcome:
     registered_version: str | None = None
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Join ``RAY_ADDRESS`` (or ``address``; ``auto`` finds a head on this machine) when set, else
-    start a private local cluster with its dashboard on loopback.
-
-    Plain ``ray.init()`` would silently join whatever head ``ray start`` left running here; the
-    embedded default must not depend on that. Jobs from ``ray job submit`` get ``RAY_ADDRESS``.
-    """
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", dashboard_host=dashboard_host(), include_dashboard=True)
-
-
 def prepare_data(cfg: Config) -> tuple[dict[str, Any], dict[str, ray.data.Dataset], list[str], int,
                                         dict[str, Any]]:
     """Loop config entries, Ray datasets (parquet mode), class names, training videos, reports."""
@@ -116,37 +99,6 @@ def prepare_data(cfg: Config) -> tuple[dict[str, Any], dict[str, ray.data.Datase
     return {}, datasets, class_map.names, reports["train"]["clips"], reports
 
 
-def absolute_paths(cfg: Config) -> Config:
-    """Local paths made absolute on the driver: Ray workers run in other folders."""
-    def fix(value: str | None) -> str | None:
-        if not value or is_uri(value) or os.path.isabs(value):
-            return value
-        return str(Path(value).expanduser().resolve())
-
-    data = replace(cfg.data, root=fix(cfg.data.root), train_annotations=fix(cfg.data.train_annotations),
-                   val_annotations=fix(cfg.data.val_annotations), labels_file=fix(cfg.data.labels_file),
-                   shards_dir=fix(cfg.data.shards_dir))
-    backbone = cfg.model.backbone
-    pretrained = backbone.pretrained
-    if pretrained and (os.sep in pretrained or Path(pretrained).expanduser().exists()):
-        pretrained = fix(pretrained)
-        if not Path(pretrained).is_file():
-            raise FileNotFoundError(f"model.backbone.pretrained: weights file not found: {pretrained}")
-    model = replace(cfg.model, backbone=replace(backbone, pretrained=pretrained))
-    return replace(cfg, data=data, model=model, run=replace(cfg.run, storage_path=_storage(cfg)))
-
-
-def _storage(cfg: Config) -> str:
-    path = cfg.run.storage_path
-    return path if is_uri(path) else str(Path(path).expanduser().resolve())
-
-
-def _run_exists(storage: str, name: str) -> bool:
-    """A run has started under this name (its MLflow marker is written first); an ingest output
-    folder alone does not count."""
-    return _previous_mlflow_run(storage, name) is not None
-
-
 def run_training(cfg: Config, *, resume: bool = False, register_as: str | None = None,
                  alias: str = "champion", parent_run_id: str | None = None,
                  tags: dict[str, str] | None = None,
@@ -159,10 +111,10 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
     from aim_core.accounting import model_cost
 
     cfg = absolute_paths(cfg)
-    storage = cfg.run.storage_path
+    storage, name = cfg.run.storage_path, cfg.run.name
     check_storage(storage)
-    name = cfg.run.name
-    if _run_exists(storage, name) and not resume:
+    folder = RunFolder.of(cfg)
+    if folder.exists() and not resume:
         raise RunExistsError(f"run {name!r} already exists under {storage}: pass --resume to "
                              f"continue it, or choose another run.name")
     ensure_ray()
@@ -173,11 +125,11 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
                          f"{len(class_names)} classes: {class_names[:10]}")
     cost = model_cost(cfg).to_dict()
 
-    mlflow_run_id = _previous_mlflow_run(storage, name) if resume else None
+    mlflow_run_id = folder.mlflow_run_id() if resume else None
     with runs.start_run(cfg, run_name=name, run_id=mlflow_run_id, parent_run_id=parent_run_id,
                             nested=parent_run_id is not None, tags=tags) as run:
         mlflow_run_id = run.info.run_id
-        _remember_mlflow_run(storage, name, mlflow_run_id)
+        folder.remember_mlflow_run(mlflow_run_id)
         runs.log_model_cost(cost)
         for split, report in reports.items():
             mlflow.log_dict(report, f"ingest/{split}_report.json")
@@ -244,16 +196,3 @@ def _log_final(outcome: TrainOutcome) -> None:
     print(f"[aim-video train] done: val top-1 {100 * ev['top1']:.1f}%, top-5 {100 * ev['top5']:.1f}%, "
           f"mean-class {100 * ev['mean_class_acc']:.1f}% on {ev['num_videos']} videos; "
           f"run {outcome.run_path}; MLflow run {outcome.mlflow_run_id}", flush=True)
-
-
-def _marker(storage: str, name: str) -> str:
-    return join(storage, f"{name}/{MLFLOW_RUN_FILE}")
-
-
-def _remember_mlflow_run(storage: str, name: str, run_id: str) -> None:
-    """So that ``--resume`` continues the same MLflow run: one history across restarts."""
-    Location.of(_marker(storage, name)).write_text(run_id)
-
-
-def _previous_mlflow_run(storage: str, name: str) -> str | None:
-    return (Location.of(_marker(storage, name)).read_text() or "").strip() or None

@@ -1,17 +1,8 @@
-"""Safe defaults for running the pipelines on a laptop or a Ray cluster.
+"""Checks that run before any Ray work: storage that can hold a run, configs free of secrets.
 
-Pure Python, importable without Ray (``pyarrow`` is imported lazily, only to probe remote storage).
-The pipelines call these helpers before they start Ray work, so a wrong storage path or a
-credential pasted into a config fails in seconds with a message that says what to do, instead of
-after an hour of decoding:
-
-- :func:`dashboard_host`: where the Ray dashboard binds (``127.0.0.1`` unless
-  ``AIM_DASHBOARD_HOST`` says otherwise);
-- :func:`check_storage`: the run's ``storage_path`` exists (or can be created) and is writable /
-  reachable, else :class:`StorageError` naming the path and the reason;
-- :func:`reject_inline_credentials`: refuse configs that carry secrets;
-- :func:`ingest_resources` / :func:`train_scaling`: the Ray resource requests for heterogeneous
-  clusters (decoding on CPU nodes, training on GPU nodes).
+A wrong storage path or a credential pasted into a config fails in seconds with a message that says
+what to do, instead of after an hour of decoding. Importable without Ray (``pyarrow`` is imported
+lazily, only to probe remote storage).
 """
 
 from __future__ import annotations
@@ -21,20 +12,12 @@ import datetime
 import os
 import re
 import uuid
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-DEFAULT_DASHBOARD_HOST = "127.0.0.1"
-DASHBOARD_HOST_ENV = "AIM_DASHBOARD_HOST"
-
-# Custom Ray resource advertised by the CPU decoding nodes (cluster/kuberay/raycluster.yaml,
-# cluster/aws.yaml, cluster/gcp.yaml). Ingest tasks request a tiny fraction of it when the cluster
-# has it, which pins decoding to those nodes and tells the autoscaler which node type to add.
-DECODE_RESOURCE = "aim_decode"
-DECODE_RESOURCE_PER_TASK = 0.001
+from aim_core.storage import scheme
 
 _CREDENTIAL_HINT = (
     "credentials come from the environment or the provider's default chain (AWS: AWS_PROFILE / "
@@ -53,28 +36,8 @@ class InlineCredentialsError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Dashboard
-# ----------------------------------------------------------------------------------------------
-
-def dashboard_host() -> str:
-    """Interface the Ray dashboard binds to: loopback unless ``AIM_DASHBOARD_HOST`` is set.
-
-    The dashboard's job API runs arbitrary commands, so it is never exposed by default; reach a
-    remote one through ``ray dashboard cluster.yaml`` or ``kubectl port-forward``.
-    """
-    value = os.environ.get(DASHBOARD_HOST_ENV, "").strip()
-    return value or DEFAULT_DASHBOARD_HOST
-
-
-# ----------------------------------------------------------------------------------------------
 # Storage
 # ----------------------------------------------------------------------------------------------
-
-def is_remote_uri(path: str) -> bool:
-    """True for ``scheme://`` URIs other than ``file://`` (s3, gs, hdfs, abfs, ...)."""
-    scheme = urlsplit(str(path)).scheme.lower()
-    return len(scheme) > 1 and scheme != "file"   # len > 1: a Windows drive letter is no scheme
-
 
 def check_storage(storage_path: str, timeout_s: float = 10.0) -> None:
     """Fail fast, with the path and the reason, if ``storage_path`` cannot hold a run.
@@ -96,7 +59,7 @@ def check_storage(storage_path: str, timeout_s: float = 10.0) -> None:
         raise StorageError(f"run.storage_path is empty ({storage_path!r}): give a local folder, "
                            "an NFS mount, s3://bucket/prefix or gs://bucket/prefix")
     storage_path = storage_path.strip()
-    if is_remote_uri(storage_path):
+    if scheme(storage_path) not in (None, "file"):
         _check_remote(storage_path, timeout_s)
     else:
         _check_local(storage_path)
@@ -291,62 +254,3 @@ def _scan(node: Any, path: str, problems: list[str]) -> None:
             if pattern.search(node):
                 problems.append(f"{path or 'value'}: contains {label}")
                 break
-
-
-# ----------------------------------------------------------------------------------------------
-# Heterogeneous scheduling
-# ----------------------------------------------------------------------------------------------
-
-def _get(run_cfg: Any, name: str, default: Any = None) -> Any:
-    if isinstance(run_cfg, Mapping):
-        return run_cfg.get(name, default)
-    return getattr(run_cfg, name, default)
-
-
-def ingest_resources(run_cfg: Any, cluster_resources: Mapping[str, float] | None = None
-                     ) -> dict[str, Any]:
-    """Ray remote args for one decode task (``map`` / ``map_batches`` keyword arguments).
-
-    Decoding is CPU work: ``num_cpus=run.ingest_cpus`` and ``num_gpus=0`` always, so decode tasks
-    never hold a GPU a training worker is waiting for. When ``cluster_resources`` (e.g.
-    ``ray.cluster_resources()``) shows the :data:`DECODE_RESOURCE` that the cluster manifests give
-    the CPU decoding nodes, each task also requests a tiny amount of it, which keeps decoding on
-    those nodes; on a laptop (no such resource) nothing extra is requested, so nothing hangs.
-    """
-    cpus = float(_get(run_cfg, "ingest_cpus", 1.0))
-    if cpus <= 0:
-        raise ValueError(f"run.ingest_cpus: expected a positive number, got {cpus!r}")
-    args: dict[str, Any] = {"num_cpus": cpus, "num_gpus": 0}
-    if cluster_resources and float(cluster_resources.get(DECODE_RESOURCE, 0) or 0) > 0:
-        args["resources"] = {DECODE_RESOURCE: DECODE_RESOURCE_PER_TASK}
-    return args
-
-
-def train_scaling(run_cfg: Any, gpus_available: int | float) -> dict[str, Any]:
-    """Keyword arguments for ``ray.train.ScalingConfig``.
-
-    ``use_gpu`` follows ``run.use_gpu`` when it is set; when it is ``None``, training uses GPUs
-    if the cluster has any (``gpus_available``, e.g. ``ray.cluster_resources().get("GPU", 0)``).
-    Each worker asks for ``run.cpus_per_worker`` CPUs and, with GPUs, ``run.gpus_per_worker`` GPUs.
-
-    On an autoscaling cluster whose GPU group starts at zero nodes, ``gpus_available`` is 0 at
-    submission time: set ``run.use_gpu=true`` explicitly there, and the autoscaler adds GPU nodes
-    for the workers' requests.
-    """
-    num_workers = int(_get(run_cfg, "num_workers", 1))
-    if num_workers <= 0:
-        raise ValueError(f"run.num_workers: expected a positive integer, got {num_workers!r}")
-    cpus = float(_get(run_cfg, "cpus_per_worker", 1.0))
-    gpus = float(_get(run_cfg, "gpus_per_worker", 1.0))
-    requested = _get(run_cfg, "use_gpu", None)
-    use_gpu = bool(requested) if requested is not None else (gpus_available or 0) > 0
-    resources: dict[str, float] = {"CPU": cpus}
-    if use_gpu:
-        if gpus <= 0:
-            raise ValueError(f"run.gpus_per_worker: expected a positive number when training on "
-                             f"GPUs, got {gpus!r}")
-        resources["GPU"] = gpus
-        if requested and (gpus_available or 0) <= 0:
-            warnings.warn("run.use_gpu=true but the cluster shows no GPUs yet: the workers will "
-                          "wait until an autoscaler adds GPU nodes", RuntimeWarning, stacklevel=2)
-    return {"num_workers": num_workers, "use_gpu": use_gpu, "resources_per_worker": resources}
