@@ -8,11 +8,13 @@ hour of decoding is an hour lost.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
@@ -217,7 +219,8 @@ class RunConfig:
     max_failures: int = 3
     mlflow_experiment: str = "aim-video"
     tracking_uri: str | None = None         # None: $MLFLOW_TRACKING_URI or the local sqlite store
-    register_as: str | None = None
+    register_as: str | None = None          # register the trained model under this name
+    register_alias: str = "champion"        # ... and point this alias at it
 
     def validate(self, path: str) -> None:
         _check(self.num_workers > 0, f"{path}.num_workers", "a positive integer", self.num_workers)
@@ -252,15 +255,20 @@ class Config:
         return _build(cls, data or {}, "").validate()
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "Config":
-        """Read a YAML file, apply ``key.path=value`` overrides, validate."""
+    def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "Config":
+        """Read a YAML file (with its ``_base_`` files), set the dotted-key ``overrides``, validate."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        data = _read_with_bases(path, seen=())
-        for item in overrides or []:
-            apply_override(data, item)
-        return cls.from_dict(data)
+        return cls.from_dict(set_dotted(_read_with_bases(path, seen=()), overrides or {}, cls))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        """A validated copy with dotted-key values set, e.g. ``{"optim.lr": 1e-3}``.
+
+        The one way to change a config after it is written: the CLI's ``--set``, sweeps' trial
+        settings and ``predict``'s view overrides all come here. Unknown fields are errors.
+        """
+        return Config.from_dict(set_dotted(self.to_dict(), overrides, Config))
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -344,6 +352,15 @@ def _validate_tree(obj: Any, path: str) -> None:
         obj.validate(path)
 
 
+def build_section(cls: type, data: Any, path: str) -> Any:
+    """A dataclass ``cls`` from a mapping: every field type-checked, every section's
+    ``validate(path)`` run, errors naming the dotted field under ``path``. How :class:`Config` is
+    built, for other typed settings (a sweep's) to be built the same way."""
+    obj = _build(cls, data, path)
+    _validate_tree(obj, path)
+    return obj
+
+
 def _build(cls: type, data: Any, path: str) -> Any:
     where = path or "config"
     if not isinstance(data, dict):
@@ -388,6 +405,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         raise ConfigError(errors[-1] if len(errors) == 1 else
                           f"{path}: expected {' or '.join(_type_name(o) for o in options)}, "
                           f"got {value!r}")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, item = get_args(tp)
+        return {k: _coerce(item, v, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -425,16 +447,55 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (numbers, lists, null)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {item!r}: expected key.path=value")
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part} is not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(raw)
+# ----------------------------------------------------------------------------------------------
+# Dotted-key overrides
+# ----------------------------------------------------------------------------------------------
+
+def override_type(key: str, cls: type | None = None) -> Any:
+    """The declared type of the field a dotted key names in ``cls`` (default :class:`Config`).
+
+    Raises :class:`ConfigError` naming the first part that is not a field, or a part that tries to
+    go inside a plain value.
+    """
+    node, done = cls or Config, []
+    for part in key.split("."):
+        where = ".".join(done)
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"{key}: {where} is a value, not a section")
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            raise ConfigError(f"{'.'.join(done + [part])}: unknown field {part!r}; allowed fields"
+                              f"{' of ' + where if where else ''}: {names}")
+        node = typing.get_type_hints(node)[part]
+        done.append(part)
+    return node
+
+
+def check_override(key: str, value: Any, cls: type | None = None) -> Any:
+    """``value`` coerced to the type of the field ``key`` names; errors name the key.
+
+    Checks one value on its own (types, allowed choices), not the rules between fields, which
+    hold only for a whole config.
+    """
+    return _coerce(override_type(key, cls), value, key)
+
+
+def set_dotted(data: dict[str, Any], overrides: Mapping[str, Any], cls: type | None = None
+               ) -> dict[str, Any]:
+    """A copy of the config mapping ``data`` with each dotted key of ``overrides`` set.
+
+    Keys are checked against the schema of ``cls`` first (:func:`override_type`), so a typo is an
+    error and never a silently created section.
+    """
+    out = copy.deepcopy(data)
+    for key, value in overrides.items():
+        override_type(key, cls)
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[leaf] = value
+    return out

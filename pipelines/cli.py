@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from typing import Any, Callable
+
+import yaml
 
 from aim_core.config import Config, ConfigError
 
@@ -25,17 +27,33 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
     return register
 
 
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``; the value is read as YAML (numbers, lists, null, strings)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key.path=value, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{key.strip()}: the value is not YAML ({exc})") from None
+
+
+def add_set_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], type=parse_setting,
+                        metavar="KEY=VALUE", help=help)
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set optim.lr=1e-3 (repeatable)")
+    add_set_arg(parser, "override a config field, e.g. --set optim.lr=1e-3 (repeatable)")
 
 
-def load_config(args: argparse.Namespace) -> Config:
-    """The validated config; secrets in it are refused (they belong in the environment)."""
+def load_config(args: argparse.Namespace, **overrides: Any) -> Config:
+    """The validated config with ``--set`` (and a command's own) overrides; secrets in it are
+    refused (they belong in the environment)."""
     from pipelines.preflight import reject_inline_credentials
 
-    cfg = Config.load(args.config, args.overrides)
+    cfg = Config.load(args.config, {**dict(args.overrides), **overrides})
     reject_inline_credentials(cfg, where=args.config)
     return cfg
 
@@ -114,18 +132,19 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run named run.name from its last checkpoint")
-    parser.add_argument("--register", metavar="NAME",
-                        help="register the trained model in the MLflow Model Registry")
-    parser.add_argument("--alias", default="champion", help="registry alias (default: champion)")
+    parser.add_argument("--register", metavar="NAME", help="register the trained model in the "
+                        "MLflow Model Registry (the same as --set run.register_as=NAME)")
+    parser.add_argument("--alias", help="registry alias (default: run.register_alias, champion)")
 
 
 @command("train", "train on Ray Train, evaluate, track in MLflow, optionally register", _train_args)
 def _train(args: argparse.Namespace) -> int:
     from pipelines.train.driver import run_training
 
-    cfg = load_config(args)
-    run_training(cfg, resume=args.resume, register_as=args.register or cfg.run.register_as,
-                 alias=args.alias)
+    registry = {"run.register_as": args.register} if args.register else {}
+    if args.alias:
+        registry["run.register_alias"] = args.alias
+    run_training(load_config(args, **registry), resume=args.resume)
     return 0
 
 
@@ -133,8 +152,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="demo_data",
                         help="where the synthetic videos and tiny backbone go (default: %(default)s)")
     parser.add_argument("--config", default=None, help="demo config (default: the embedded one)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config field (repeatable)")
+    add_set_arg(parser, "override a config field (repeatable)")
     parser.add_argument("--videos-per-class", type=int, default=40)
 
 
@@ -143,7 +161,8 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import DEMO_CONFIG, run_demo
 
-    run_demo(args.data_dir, args.config or DEMO_CONFIG, args.overrides, args.videos_per_class)
+    run_demo(args.data_dir, args.config or DEMO_CONFIG, dict(args.overrides),
+             args.videos_per_class)
     return 0
 
 # ----------------------------------------------------------------------------------------------
@@ -186,9 +205,7 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topk", type=int, default=5, help="classes to print (default: 5)")
     parser.add_argument("--labels", metavar="FILE",
                         help="class names, one per line (for checkpoints without names)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override the model's config, e.g. "
-                        "--set data.test_clips=1 (repeatable)")
+    add_set_arg(parser, "override the model's config, e.g. --set data.test_clips=1 (repeatable)")
 
 
 @command("predict", "print the top classes of each video (the model's test-time views)",
@@ -196,7 +213,7 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from pipelines.evaluation.predict import run_predict
 
-    return run_predict(args.videos, args.model, args.topk, args.overrides, args.labels)
+    return run_predict(args.videos, args.model, args.topk, dict(args.overrides), args.labels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,36 +284,43 @@ def _compare_classes(args: argparse.Namespace) -> int:
 # sweep, report
 # ----------------------------------------------------------------------------------------------
 
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.1,0.5,1, got {text!r}") from None
+
+
 def _sweep_args(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
     parser.add_argument("--study", choices=("components", "placement", "ratio", "data-fraction"),
                         help="a paper ablation: Table 1, 7, 8 or Fig. 3")
     parser.add_argument("--space", metavar="FILE", help="search-space YAML (grid, choice, uniform, "
                         "loguniform; num_samples); crossed with --study when both are given")
-    parser.add_argument("--fractions", help="data-fraction study: e.g. 0.01,0.1,1 "
-                        "(default: 0.01,0.05,0.1,0.25,0.5,1.0)")
+    parser.add_argument("--fractions", type=_fractions, help="data-fraction study: e.g. "
+                        "0.01,0.1,1 (default: 0.01,0.05,0.1,0.25,0.5,1.0)")
     parser.add_argument("--name", help="sweep name (default: <run.name>-<study>)")
     parser.add_argument("--metric", default="val_top1", help="metric that ranks trials")
     parser.add_argument("--mode", choices=("max", "min"), default="max")
     parser.add_argument("--asha", action="store_true", help="stop weak trials early (ASHA)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
-    parser.add_argument("--register-best", metavar="NAME",
-                        help="register the best trial's model as models:/NAME@champion")
+    parser.add_argument("--register-best", metavar="NAME", help="register the best trial's model "
+                        "(the same as --set run.register_as=NAME)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
 
 
 @command("sweep", "run a paper ablation or a search space as Ray Tune trials, then report",
          _sweep_args)
 def _sweep(args: argparse.Namespace) -> int:
-    from pipelines.sweeps.studies import SearchSpace
-    from pipelines.sweeps.sweep import parse_fractions, plan_sweep, run_sweep
+    from pipelines.sweeps.settings import SweepConfig
+    from pipelines.sweeps.sweep import plan_sweep, run_sweep
 
-    meta = plan_sweep(load_config(args), args.study,
-                      SearchSpace.load(args.space) if args.space else None, name=args.name,
-                      fractions=parse_fractions(args.fractions), metric=args.metric,
-                      mode=args.mode, asha=args.asha, max_concurrent=args.max_concurrent,
-                      register_best=args.register_best)
-    outcome = run_sweep(meta, resume=args.resume)
+    sweep = SweepConfig.from_dict({
+        "study": args.study, "space": SweepConfig.read_space(args.space) if args.space else {},
+        "name": args.name, "fractions": args.fractions, "metric": args.metric, "mode": args.mode,
+        "asha": args.asha, "max_concurrent": args.max_concurrent})
+    best = {"run.register_as": args.register_best} if args.register_best else {}
+    outcome = run_sweep(plan_sweep(load_config(args, **best), sweep), resume=args.resume)
     print(f"report: {outcome.report_dir}/report.md")
     return 0 if outcome.complete else 1
 

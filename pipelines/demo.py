@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aim_core.annotations import ClassMap
 from aim_core.config import Config
@@ -71,7 +73,7 @@ def accuracy_on(evaluation: dict, class_names: list[str], keep: set[str]) -> flo
 
 
 def run_demo(data_dir: str | Path = "demo_data", config: str | Path = DEMO_CONFIG,
-             overrides: list[str] | None = None, videos_per_class: int = 40,
+             overrides: Mapping[str, Any] | None = None, videos_per_class: int = 40,
              register_as: str = REGISTERED_NAME) -> list[DemoRow]:
     from pipelines.tracking import registry, runs
     from pipelines.train.driver import run_training

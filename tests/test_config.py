@@ -15,8 +15,8 @@ def write(tmp_path, text: str):
 
 def test_yaml_and_overrides_build_typed_sections(tmp_path):
     path = write(tmp_path, "model:\n  num_classes: 174\n  adapter:\n    ratio: 0.125\n")
-    cfg = Config.load(path, ["optim.lr=1e-3", "model.adapter.placement=top:6",
-                             "model.adapter.adaptations=[spatial, temporal]"])
+    cfg = Config.load(path, {"optim.lr": "1e-3", "model.adapter.placement": "top:6",
+                             "model.adapter.adaptations": ["spatial", "temporal"]})
     assert cfg.model.num_classes == 174
     assert cfg.model.adapter.ratio == 0.125
     assert cfg.optim.lr == pytest.approx(1e-3)
@@ -57,9 +57,37 @@ def test_missing_file_is_named(tmp_path):
         Config.load(tmp_path / "nope.yaml")
 
 
-def test_malformed_override_is_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="key.path=value"):
-        Config.load(write(tmp_path, "{}"), ["optim.lr"])
+def test_overrides_reject_unknown_fields_instead_of_creating_sections():
+    cfg = Config()
+    assert cfg.with_overrides({"model.adapter.ratio": 0.5}).model.adapter.ratio == 0.5
+    assert cfg.model.adapter.ratio == 0.25                     # a copy: the original stays
+    for key, message in (("optim.lrr", "optim.lrr: unknown field 'lrr'"),
+                         ("sweep.metric", "sweep: unknown field 'sweep'"),
+                         ("model.num_classes.x", "model.num_classes is a value, not a section")):
+        with pytest.raises(ConfigError, match=message):
+            cfg.with_overrides({key: 1})
+    with pytest.raises(ConfigError, match="model.adapter.ratio: expected a number in"):
+        cfg.with_overrides({"model.adapter.ratio": 9})          # validated like a loaded file
+
+
+def test_one_value_is_checked_against_its_field_alone():
+    from aim_core.config import check_override
+
+    assert check_override("optim.lr", "1e-3") == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match="model.variant: expected one of"):
+        check_override("model.variant", "giant")
+
+
+def test_the_cli_reads_key_equals_yaml_value():
+    import argparse
+
+    from pipelines.cli import parse_setting
+
+    assert parse_setting("optim.lr=1e-3") == ("optim.lr", "1e-3")   # YAML 1.1: float() later
+    assert parse_setting("data.crop_scale=[0.5, 1]") == ("data.crop_scale", [0.5, 1])
+    assert parse_setting("run.use_gpu=null") == ("run.use_gpu", None)
+    with pytest.raises(argparse.ArgumentTypeError, match="key.path=value"):
+        parse_setting("optim.lr")
 
 
 @pytest.mark.parametrize("placement,blocks", [

@@ -17,7 +17,7 @@ def test_the_demo_trains_both_models_tracks_them_and_registers_the_better_one(
     monkeypatch.chdir(tmp_path)                       # the demo's paths are relative, as in README
     data = tmp_path / "demo_data"
     pretrain_tiny_backbone(data / "tiny_vit.pt", steps=20)   # a quick stand-in for the ~1 min one
-    rows = run_demo(data, overrides=["optim.epochs=1", "optim.warmup_epochs=0"],
+    rows = run_demo(data, overrides={"optim.epochs": 1, "optim.warmup_epochs": 0},
                     videos_per_class=4)
 
     assert [(r.label, r.variant) for r in rows] == [("AIM", "aim"),

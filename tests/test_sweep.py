@@ -21,7 +21,8 @@ from mlflow import MlflowClient
 from aim_core.config import Config, ConfigError
 from aim_core.tiny import pretrain_tiny_backbone
 from pipelines.sweeps.report import collect
-from pipelines.sweeps.studies import DEFAULT_FRACTIONS, SearchSpace, apply_overrides
+from pipelines.sweeps.settings import SweepConfig
+from pipelines.sweeps.studies import DEFAULT_FRACTIONS
 from pipelines.sweeps.sweep import plan_sweep, run_sweep
 from pipelines.data.synthetic import generate_synthetic
 
@@ -69,6 +70,12 @@ def make_cfg(tmp_path: Path, assets) -> Config:
     })
 
 
+def sweep(space_file: Path | None = None, **settings) -> SweepConfig:
+    """The sweep settings ``aim-video sweep`` builds from its flags and ``--space FILE``."""
+    space = SweepConfig.read_space(space_file) if space_file else {}
+    return SweepConfig.from_dict({"space": space, **settings})
+
+
 def child_runs(parent_run_id: str, uri: str | None = None) -> dict[str, mlflow.entities.Run]:
     """The sweep's child runs by trial id."""
     client = MlflowClient(uri)
@@ -88,7 +95,8 @@ def epochs_logged(run_id: str) -> list[int]:
 
 def test_the_studies_are_the_papers_ablations(tmp_path, paths_only):
     cfg = make_cfg(tmp_path, paths_only)
-    labels = lambda study, **kw: [s["label"] for s in plan_sweep(cfg, study, **kw).settings]
+    labels = lambda study, **kw: [s["label"] for s in
+                                  plan_sweep(cfg, sweep(study=study, **kw)).settings]
     assert labels("components") == [
         "frozen_space_only", "finetuned_space_only", "timesformer", "aim[spatial]",
         "aim[spatial,temporal]", "aim[spatial,temporal,joint]"]
@@ -96,9 +104,9 @@ def test_the_studies_are_the_papers_ablations(tmp_path, paths_only):
     assert labels("ratio") == ["ratio=0.0625", "ratio=0.125", "ratio=0.25", "ratio=0.5"]
     assert labels("data-fraction") == [f"{v}@{f:g}" for f in DEFAULT_FRACTIONS
                                        for v in ("aim", "timesformer")]
-    assert labels("data-fraction", fractions=(0.5, 1.0)) == [
+    assert labels("data-fraction", fractions=[0.5, 1.0]) == [
         "aim@0.5", "timesformer@0.5", "aim@1", "timesformer@1"]
-    components = plan_sweep(cfg, "components").settings
+    components = plan_sweep(cfg, sweep(study="components")).settings
     assert components[3]["overrides"] == {"model.variant": "aim",
                                           "model.adapter.adaptations": ["spatial"]}
 
@@ -110,30 +118,34 @@ def test_a_space_file_accepts_the_four_kinds_and_names_bad_entries(tmp_path, pat
                     "  optim.weight_decay: {uniform: [0.0, 0.1]}\n"
                     "  model.adapter.ratio: {grid: [0.125, 0.25]}\n"
                     "  model.adapter.placement: {choice: [all, 'top:2']}\n")
-    meta = plan_sweep(cfg, None, SearchSpace.load(good))
-    assert meta.space["num_samples"] == 3 and meta.settings == []
+    meta = plan_sweep(cfg, sweep(good))
+    assert meta.config.space.num_samples == 3 and meta.settings == []
     for text, message in (("params: {optim.lr: {normal: [0, 1]}}", "space.params.optim.lr"),
                           ("params: {optim.lr: {uniform: [2, 1]}}", "low < high"),
                           ("params: {optim.lrr: 0.1}", "unknown field 'lrr'")):
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(ConfigError, match=message):
-            plan_sweep(cfg, None, SearchSpace.load(bad))
-    with pytest.raises(ConfigError, match="--study"):
-        plan_sweep(cfg, "ratios")
+            sweep(bad)
+    with pytest.raises(ConfigError, match="sweep.study: expected one of"):
+        sweep(study="ratios")
+    with pytest.raises(ConfigError, match="a study .* and/or a search space"):
+        sweep()
 
 
 def test_the_metric_must_be_one_the_trials_report_when_the_scheduler_reads_it(tmp_path, paths_only):
     cfg = make_cfg(tmp_path, paths_only)
-    assert plan_sweep(cfg, "ratio", metric="final_top1").metric == "final_top1"
-    assert plan_sweep(cfg, "ratio", metric="train_loss", mode="min", asha=True).asha
-    with pytest.raises(ConfigError, match=r"--metric: expected one of .*'val_top1'.*got 'val_acc'"):
-        plan_sweep(cfg, "ratio", metric="val_acc")
-    with pytest.raises(ConfigError, match="--asha compares trials after every epoch"):
-        plan_sweep(cfg, "ratio", metric="final_top1", asha=True)  # only known at the end
-    sparse = apply_overrides(cfg.to_dict(), {"optim.eval_every": 2})
+    assert plan_sweep(cfg, sweep(study="ratio", metric="final_top1")).config.metric == "final_top1"
+    assert plan_sweep(cfg, sweep(study="ratio", metric="train_loss", mode="min", asha=True)
+                      ).config.asha
+    with pytest.raises(ConfigError,
+                       match=r"sweep.metric: expected one of .*'val_top1'.*got 'val_acc'"):
+        sweep(study="ratio", metric="val_acc")
+    with pytest.raises(ConfigError, match="ASHA compares trials after every epoch"):
+        sweep(study="ratio", metric="final_top1", asha=True)  # only known at the end
+    sparse = cfg.with_overrides({"optim.eval_every": 2})
     with pytest.raises(ConfigError, match="optim.eval_every=1"):
-        plan_sweep(sparse, "ratio", asha=True)
+        plan_sweep(sparse, sweep(study="ratio", asha=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +156,8 @@ def test_the_metric_must_be_one_the_trials_report_when_the_scheduler_reads_it(tm
 def test_a_data_fraction_sweep_tracks_each_trial_and_reports_their_own_numbers(
         tmp_path, assets, local_ray):
     cfg = make_cfg(tmp_path, assets)
-    meta = plan_sweep(cfg, "data-fraction", fractions=(0.34, 0.67), register_best="sweep-best")
+    meta = plan_sweep(cfg.with_overrides({"run.register_as": "sweep-best"}),
+                      sweep(study="data-fraction", fractions=[0.34, 0.67]))
     outcome = run_sweep(meta)
 
     assert outcome.complete
@@ -186,7 +199,12 @@ def test_a_data_fraction_sweep_tracks_each_trial_and_reports_their_own_numbers(
     assert plots == {"accuracy_vs_params.png", "accuracy_vs_fraction.png"}  # no ratio axis here
     logged = {a.path for a in MlflowClient().list_artifacts(outcome.parent_run_id, "report")}
     assert {"report/report.md", "report/accuracy_vs_fraction.png"} <= logged
-    assert list(Path(outcome.path).glob("trial_*/events.out.tfevents.*"))  # TensorBoard
+    # TensorBoard's run list, Tune's folders and MLflow's child runs name trials by their setting.
+    event_dirs = {p.parent.name for p in Path(outcome.path).glob("*/events.out.tfevents.*")}
+    assert {d.rsplit("_", 2)[0] for d in event_dirs} == {"aim@0.34", "timesformer@0.34",
+                                                         "aim@0.67", "timesformer@0.67"}
+    for trial_id, run in children.items():
+        assert run.info.run_name == f"{run.data.tags['setting']}_{trial_id}"
 
     best = table.best("val_top1", "max")
     assert outcome.best_trial == best.trial_id
@@ -200,7 +218,7 @@ def test_an_interrupted_sweep_resumes_without_retraining_finished_trials(
     cfg = make_cfg(tmp_path, assets)
     space = tmp_path / "space.yaml"
     space.write_text("params:\n  optim.lr: {grid: [1.0e-3, 1.0e-2]}\n")
-    meta = plan_sweep(cfg, None, SearchSpace.load(space), max_concurrent=1)
+    meta = plan_sweep(cfg, sweep(space, max_concurrent=1))
     watcher = threading.Thread(target=_interrupt_when_a_trial_is_done_and_another_half_way,
                                args=(meta,), daemon=True)
     watcher.start()
@@ -236,8 +254,8 @@ def test_asha_stops_a_trial_that_falls_behind_at_the_first_rung(tmp_path, assets
     space = tmp_path / "space.yaml"                   # a sane learning rate, then one that diverges
     space.write_text("params:\n  optim.lr: {grid: [1.0e-3, 1.0]}\n"
                      "asha: {grace_period: 1, reduction_factor: 2}\n")
-    meta = plan_sweep(cfg, None, SearchSpace.load(space), metric="train_loss", mode="min",
-                      asha=True, max_concurrent=1)  # one at a time: the second meets a full rung
+    meta = plan_sweep(cfg, sweep(space, metric="train_loss", mode="min", asha=True,
+                                 max_concurrent=1))  # one at a time: the second meets a full rung
     outcome = run_sweep(meta)
 
     assert outcome.complete

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 
-from aim_core.config import Config, apply_override
+from aim_core.config import Config
 from aim_core.video import VideoDecodeError
 
 from pipelines.evaluation.evaluate import default_device, predict_video
@@ -58,18 +58,8 @@ def format_prediction(pred: VideoPrediction) -> str:
     return "\n".join(lines)
 
 
-def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """``cfg`` with ``key=value`` overrides (e.g. ``data.test_clips=1``), validated."""
-    if not overrides:
-        return cfg
-    data = cfg.to_dict()
-    for item in overrides:
-        apply_override(data, item)
-    return Config.from_dict(data)
-
-
 def run_predict(paths: Sequence[str], model_ref: str, topk: int = 5,
-                overrides: Sequence[str] = (), labels_file: str | None = None,
+                overrides: Mapping[str, Any] | None = None, labels_file: str | None = None,
                 out: TextIO | None = None, err: TextIO | None = None) -> int:
     """The command: prints each video's top classes; returns 1 if any video failed, else 0."""
     out, err = out or sys.stdout, err or sys.stderr
@@ -79,7 +69,7 @@ def run_predict(paths: Sequence[str], model_ref: str, topk: int = 5,
     configure()  # models:/ and runs:/ resolve against $MLFLOW_TRACKING_URI or ./mlflow.db
     device = default_device()
     model, cfg, class_names = resolve_model(model_ref, device=device)
-    cfg = with_overrides(cfg, overrides)
+    cfg = cfg.with_overrides(overrides or {})
     if labels_file:
         with open(labels_file, encoding="utf-8") as fh:
             class_names = [line.strip() for line in fh if line.strip()]

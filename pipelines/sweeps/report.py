@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
+
 from aim_core.storage import is_uri
 
-from pipelines.sweeps.studies import apply_overrides, trial_label, trial_overrides
-from pipelines.sweeps.sweep import SweepMeta
-from pipelines.tracking.runs import MlflowClient, log_figure
+from pipelines.sweeps.settings import SweepMeta
+from pipelines.sweeps.studies import trial_config, trial_label
+from pipelines.tracking.runs import log_figure
 
 REPORT_DIR = "report"
 _COST_KEYS = ("tunable_params", "total_params", "gflops_per_view")
@@ -86,7 +88,7 @@ def _child_runs(meta: SweepMeta) -> dict[str, Any]:
 def _row(meta: SweepMeta, trial: Any, run: Any | None) -> Row:
     last = {k: v for k, v in (trial.last_result or {}).items()
             if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    cfg = apply_overrides(meta.base, trial_overrides(trial.config))
+    cfg = trial_config(meta.base, trial.config)
     finished = "final_top1" in last
     logged = run.data.metrics if run is not None else {}
     cost = {k: last.get(k, logged.get(f"cost/{k}")) for k in _COST_KEYS}
@@ -110,7 +112,7 @@ def markdown(table: SweepTable) -> str:
     """The paper's table form: setting, tunable parameters, GFLOPs per view, top-1, top-5."""
     meta = table.meta
     views = meta.base["data"]["test_clips"] * meta.base["data"]["test_crops"]
-    lines = [f"# Sweep `{meta.name}` ({meta.study or 'search space'})", "",
+    lines = [f"# Sweep `{meta.name}` ({meta.config.study or 'search space'})", "",
              f"Top-1/top-5 on the validation split ({views} view(s) per video), from each trial's "
              f"final evaluation; *italic*: stopped early (last epoch's validation).", "",
              "| setting | variant | tunable params (M) | GFLOPs/view | top-1 (%) | top-5 (%) "

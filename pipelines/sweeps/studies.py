@@ -22,12 +22,9 @@ A study (``--study``) and a space combine: every study setting is crossed with t
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
-from pathlib import Path
+import re
+from dataclasses import dataclass
 from typing import Any, Callable
-
-import yaml
 
 from aim_core.config import Config, ConfigError
 
@@ -87,53 +84,40 @@ STUDIES: dict[str, Callable[..., list[Setting]]] = {
 
 
 # ----------------------------------------------------------------------------------------------
-# Search spaces
+# Search spaces (their file is a :class:`pipelines.sweeps.settings.SpaceConfig`)
 # ----------------------------------------------------------------------------------------------
 
-@dataclass
-class SearchSpace:
-    """Dotted key -> ``{kind: args}`` or a fixed value (see the module docstring)."""
-
-    params: dict[str, Any] = field(default_factory=dict)
-    num_samples: int = 1
-    asha: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SearchSpace:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(data) - {"params", "num_samples", "asha"}
-        if not isinstance(data, dict) or unknown:
-            raise ConfigError(f"{path}: expected keys params, num_samples, asha; got {sorted(unknown)}")
-        space = cls(data.get("params") or {}, int(data.get("num_samples", 1)), data.get("asha") or {})
-        for key, spec in space.params.items():
-            tune_domain(key, spec)  # fail now, with the key's name, not inside a trial
-        return space
-
-    def domains(self) -> dict[str, Any]:
-        return {key: tune_domain(key, spec) for key, spec in self.params.items()}
+def check_domain(where: str, spec: Any) -> list[Any]:
+    """Check one ``params`` entry's form; returns the config values it can take, to type-check
+    (a grid's or choice's values, a range's bounds, a plain value)."""
+    if not isinstance(spec, dict):
+        return [spec]
+    if len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
+        raise ConfigError(f"{where}: expected one of {list(SPACE_KINDS)} "
+                          f"(e.g. {{loguniform: [1e-4, 1e-2]}}) or a plain value, got {spec!r}")
+    ((kind, args),) = spec.items()
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"{where}.{kind}: expected a non-empty list, got {args!r}")
+    if kind in ("grid", "choice"):
+        return list(args)
+    if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1]:
+        raise ConfigError(f"{where}.{kind}: expected [low, high] with low < high, got {args!r}")
+    if kind == "loguniform" and args[0] <= 0:
+        raise ConfigError(f"{where}.loguniform: bounds must be positive, got {args!r}")
+    return [float(a) for a in args]
 
 
-def tune_domain(key: str, spec: Any) -> Any:
-    """A Tune domain for one ``params`` entry."""
+def tune_domain(spec: Any) -> Any:
+    """The Tune domain of a checked ``params`` entry (:func:`check_domain`)."""
     from ray import tune
 
     if not isinstance(spec, dict):
         return spec
-    if len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
-        raise ConfigError(f"space.params.{key}: expected one of {list(SPACE_KINDS)} "
-                          f"(e.g. {{loguniform: [1e-4, 1e-2]}}) or a plain value, got {spec!r}")
     ((kind, args),) = spec.items()
-    if not isinstance(args, list) or not args:
-        raise ConfigError(f"space.params.{key}.{kind}: expected a non-empty list, got {args!r}")
     if kind == "grid":
         return tune.grid_search(args)
     if kind == "choice":
         return tune.choice(args)
-    if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1]:
-        raise ConfigError(f"space.params.{key}.{kind}: expected [low, high] with low < high, "
-                          f"got {args!r}")
-    if kind == "loguniform" and args[0] <= 0:
-        raise ConfigError(f"space.params.{key}.loguniform: bounds must be positive, got {args!r}")
     return (tune.uniform if kind == "uniform" else tune.loguniform)(*map(float, args))
 
 
@@ -148,28 +132,21 @@ def trial_overrides(trial_config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def trial_config(base: dict[str, Any], trial: dict[str, Any]) -> Config:
+    """The config a trial runs: the sweep's base with the trial's overrides."""
+    return Config.from_dict(base).with_overrides(trial_overrides(trial))
+
+
 def trial_label(trial_config: dict[str, Any]) -> str:
     label = (trial_config.get("setting") or {}).get("label", "")
     space = ", ".join(f"{k}={_short(v)}" for k, v in (trial_config.get("space") or {}).items())
     return " ".join(p for p in (label, f"({space})" if label and space else space) if p) or "base"
 
 
+def trial_slug(trial_config: dict[str, Any]) -> str:
+    """:func:`trial_label` as a folder or run name: ``ratio=0.0625``, ``optim.lr=0.001``."""
+    return re.sub(r"[^A-Za-z0-9=@.,+-]+", "_", trial_label(trial_config)).strip("_")[:80] or "base"
+
+
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> Config:
-    """``base`` (a ``Config.to_dict()``) with dotted-key values set, validated."""
-    data = copy.deepcopy(base)
-    for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"sweep override {key!r}: {part!r} is not a config section")
-            node = node[part]
-        if leaf not in node:
-            raise ConfigError(f"sweep override {key!r}: unknown field {leaf!r}; allowed: "
-                              f"{sorted(node)}")
-        node[leaf] = value
-    return Config.from_dict(data)

@@ -99,8 +99,7 @@ def prepare_data(cfg: Config) -> tuple[dict[str, Any], dict[str, ray.data.Datase
     return {}, datasets, class_map.names, reports["train"]["clips"], reports
 
 
-def run_training(cfg: Config, *, resume: bool = False, register_as: str | None = None,
-                 alias: str = "champion", parent_run_id: str | None = None,
+def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None = None,
                  tags: dict[str, str] | None = None,
                  callbacks: list[Any] | None = None) -> TrainOutcome:
     """Train ``cfg`` on Ray and track it in MLflow; see the module docstring.
@@ -127,7 +126,7 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
 
     mlflow_run_id = folder.mlflow_run_id() if resume else None
     with runs.start_run(cfg, run_name=name, run_id=mlflow_run_id, parent_run_id=parent_run_id,
-                            nested=parent_run_id is not None, tags=tags) as run:
+                        nested=parent_run_id is not None, tags=tags) as run:
         mlflow_run_id = run.info.run_id
         folder.remember_mlflow_run(mlflow_run_id)
         runs.log_model_cost(cost)
@@ -136,8 +135,8 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
         if "train_stream" in loop_data:  # the videos this run trains on (data-fraction studies)
             items = loop_data["train_stream"].items
             mlflow.log_dict({"video_ids": [i["video_id"] for i in items],
-                                      "labels": [int(i["label"]) for i in items]},
-                                     f"ingest/{TRAIN_VIDEOS_FILE}")
+                             "labels": [int(i["label"]) for i in items]},
+                            f"ingest/{TRAIN_VIDEOS_FILE}")
         scaling = train_scaling(cfg.run, ray.cluster_resources().get("GPU", 0))
         trainer = ray.train.torch.TorchTrainer(
             train_loop_per_worker,
@@ -158,11 +157,12 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
         result = trainer.fit()
         outcome = _collect(result, cfg, name, mlflow_run_id, class_names, cost)
         _log_final(outcome)
-        if register_as:
-            version = registry.register_model(outcome.model_dir, register_as, alias,
+        if cfg.run.register_as:
+            model_name, alias = cfg.run.register_as, cfg.run.register_alias
+            version = registry.register_model(outcome.model_dir, model_name, alias,
                                               run_id=mlflow_run_id, cfg=cfg)
             outcome.registered_version = version.version
-            print(f"[aim-video train] registered models:/{register_as}@{alias} "
+            print(f"[aim-video train] registered models:/{model_name}@{alias} "
                   f"(version {version.version})", flush=True)
     return outcome
 
