@@ -61,7 +61,7 @@ def test_a_run_records_config_tags_metrics_cost_and_plots(tmp_path):
         for epoch in range(3):
             runs.log_epoch({"train_loss": 1.0 / (epoch + 1), "val_top1": 0.3 * epoch,
                                 "per_class": [0.1, 0.2], "note": "skipped"}, epoch)
-        runs.log_figure(plots.plot_curves({"train_loss": [1, 0.5]}, tmp_path))
+        runs.log_file(plots.plot_curves({"train_loss": [1, 0.5]}, tmp_path))
     client = MlflowClient(tracking_uri=runs.tracking_uri(cfg))
     stored = client.get_run(run.info.run_id)
     assert stored.info.status == "FINISHED"

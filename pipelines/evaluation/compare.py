@@ -180,9 +180,9 @@ def run_compare(eval_a: str | Path, eval_b: str | Path, names: Sequence[str] = (
 def _log_to_runs(files: Sequence[Path], runs: Sequence[str]) -> None:
     if not runs:
         return
-    from pipelines.tracking.runs import configure, log_figure
+    from pipelines.tracking.runs import configure, log_file
 
     configure()
     for run in dict.fromkeys(runs):
         for path in files:
-            log_figure(path, "compare", run_id=run)
+            log_file(path, "compare", run_id=run)

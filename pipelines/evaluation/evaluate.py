@@ -235,12 +235,12 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
 def log_report(run_id: str, metrics: dict[str, Any], files: Sequence[Path],
                prefix: str = "eval") -> None:
     """Attach the evaluation to an existing MLflow run (``eval_top1`` ... and ``eval/`` files)."""
-    from pipelines.tracking.runs import log_epoch, log_figure
+    from pipelines.tracking.runs import log_epoch, log_file
 
     scalars = {f"{prefix}_{k}": metrics[k] for k in ("top1", "top5", "mean_class_acc")}
     log_epoch(scalars, 0, run_id=run_id)
     for path in files:
-        log_figure(path, prefix, run_id=run_id)
+        log_file(path, prefix, run_id=run_id)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def run_explain(video: str | os.PathLike[str], model_ref: str, compare_ref: str 
     """
     from pipelines.evaluation.evaluate import default_device
     from pipelines.tracking.registry import is_mlflow_uri, resolve_model, source_run_id
-    from pipelines.tracking.runs import configure, log_figure
+    from pipelines.tracking.runs import configure, log_file
 
     refs = [r for r in (model_ref, compare_ref) if r is not None]
     if any(is_mlflow_uri(r) for r in refs):
@@ -233,6 +233,6 @@ def run_explain(video: str | os.PathLike[str], model_ref: str, compare_ref: str 
     runs = [run for ref in refs if is_mlflow_uri(ref) and (run := source_run_id(ref))]
     for run in dict.fromkeys(runs):
         for path in (png, gif):
-            log_figure(path, "explain", run_id=run)
+            log_file(path, "explain", run_id=run)
     return {"png": png, "gif": gif, "predictions": {e.label: e.prediction for e in explained},
             "logged_to_runs": list(dict.fromkeys(runs))}

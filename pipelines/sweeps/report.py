@@ -20,7 +20,7 @@ from aim_core.storage import is_uri
 
 from pipelines.sweeps.settings import SweepMeta
 from pipelines.sweeps.studies import trial_config, trial_label
-from pipelines.tracking.runs import log_figure
+from pipelines.tracking.runs import log_file
 
 REPORT_DIR = "report"
 _COST_KEYS = ("tunable_params", "total_params", "gflops_per_view")
@@ -228,7 +228,7 @@ def write_report(sweep_dir: str, out: str | Path | None = None, *, table: SweepT
 
         mlflow.set_tracking_uri(table.meta.tracking_uri)
         for path in files:
-            log_figure(path, REPORT_DIR, run_id=table.meta.parent_run_id)
+            log_file(path, REPORT_DIR, run_id=table.meta.parent_run_id)
     print(f"[aim-video report] wrote {', '.join(p.name for p in files)} to {out}", flush=True)
     print(markdown(table), flush=True)
     return out

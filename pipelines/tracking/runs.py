@@ -169,8 +169,9 @@ def log_model_cost(cost: ModelCost | Mapping[str, float]) -> None:
     mlflow.log_metrics(scalar_metrics(values, "cost/"))
 
 
-def log_figure(path: str | Path, artifact_path: str = "plots", run_id: str | None = None) -> None:
-    """Upload a PNG (or any file) to the active run, or to ``run_id``."""
+def log_file(path: str | Path, artifact_path: str = "plots", run_id: str | None = None) -> None:
+    """Upload a file (a PNG plot, a report) to the active run, or to ``run_id``; unlike
+    ``mlflow.log_figure`` it takes a file already written, not a figure object."""
     if run_id is None:
         mlflow.log_artifact(str(path), artifact_path)
     else:

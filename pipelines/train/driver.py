@@ -188,8 +188,8 @@ def _log_final(outcome: TrainOutcome) -> None:
     mlflow.log_metrics({"final_top1": ev["top1"], "final_top5": ev["top5"],
                                  "final_mean_class_acc": ev["mean_class_acc"]})
     with tempfile.TemporaryDirectory() as tmp:
-        runs.log_figure(plots.plot_curves(outcome.history, Path(tmp) / "curves.png"))
-        runs.log_figure(plots.plot_confusion(ev["confusion"], outcome.class_names,
+        runs.log_file(plots.plot_curves(outcome.history, Path(tmp) / "curves.png"))
+        runs.log_file(plots.plot_confusion(ev["confusion"], outcome.class_names,
                                                  Path(tmp) / "confusion.png"))
     mlflow.log_dict(ev, "evaluation/eval.json")
     mlflow.log_artifact(str(outcome.model_dir / MODEL_FILE), "checkpoint")
