@@ -187,8 +187,11 @@ class OptimConfig:
     schedule: Literal["cosine_epoch", "cosine_step"] = "cosine_epoch"
     min_lr: float = 0.0
     grad_clip: float | None = None
+    # Training and inference alike (aim_core.inference.autocast_dtype): auto is bf16 on GPUs that
+    # have it, fp16 with a loss scaler on older GPUs, fp32 on the CPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     eval_every: int = 1
+    eval_batch_size: int = 16               # views per forward in evaluation and prediction
 
     def validate(self, path: str) -> None:
         _check(self.epochs > 0, f"{path}.epochs", "a positive integer", self.epochs)
@@ -203,6 +206,8 @@ class OptimConfig:
         _check(self.grad_clip is None or self.grad_clip > 0, f"{path}.grad_clip",
                "null or a positive number", self.grad_clip)
         _check(self.eval_every > 0, f"{path}.eval_every", "a positive integer", self.eval_every)
+        _check(self.eval_batch_size > 0, f"{path}.eval_batch_size", "a positive integer",
+               self.eval_batch_size)
 
 
 @dataclass

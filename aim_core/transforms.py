@@ -54,6 +54,17 @@ def to_tchw(clip: Clip) -> torch.Tensor:
     return tensor.permute(0, 3, 1, 2)
 
 
+def to_model_input(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, T, H, W, 3)`` views -> float ``(B, 3, T, H, W)``, CLIP-normalised.
+
+    Runs wherever the clips are, batched: on the training or serving device, after the uint8 clips
+    (a quarter of the float bytes) have crossed to it.
+    """
+    frames = clips.permute(0, 1, 4, 2, 3).float()                    # (B, T, 3, H, W), a copy
+    frames = F.normalize(frames, CLIP_MEAN, CLIP_STD, inplace=True)
+    return frames.transpose(1, 2)                                   # the model's layout, a view
+
+
 def normalize(clip_tchw: torch.Tensor) -> torch.Tensor:
     """uint8 (or 0-255 float) ``(T, 3, H, W)`` -> float32 normalised with CLIP_MEAN / CLIP_STD."""
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)

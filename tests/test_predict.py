@@ -101,6 +101,44 @@ def test_video_probabilities_are_the_mean_softmax_over_its_views(checkpoint, dat
     assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluation_predict_and_the_pyfunc_give_one_answer_per_precision(
+        checkpoint, data_root, tmp_path, precision):
+    """Training's evaluation (ingest-style rows), predict and the registry's pyfunc share one
+    inference path: the same clip at the same precision gives the same probabilities."""
+    import mlflow
+
+    from aim_core.checkpoint import MODEL_FILE
+    from aim_core.video import clip_indices, decode_frames
+    from pipelines.evaluation.evaluate import score_rows
+
+    ckpt, cfg = checkpoint
+    model, _, _ = registry.resolve_model(ckpt)
+    cfg = cfg.with_overrides({"optim.precision": precision, "optim.eval_batch_size": 4})
+    ckpt = save_model(tmp_path / precision, model, cfg, CLASSES).parent   # trained at precision
+    path = videos(data_root)[0]
+
+    predicted = predict_video(model, cfg, path)
+
+    clips = clip_indices(cfg.data, 24, cfg.model.num_frames, train=False)
+    frames = decode_frames(path, [i for c in clips for i in c], short_side=cfg.data.short_side)
+    rows = [{"video_id": ["v"] * len(clips), "label": [0] * len(clips),
+             "frames": list(frames.reshape(len(clips), cfg.model.num_frames, *frames.shape[1:]))}]
+    scores = score_rows(model, cfg, rows)
+    evaluated = torch.as_tensor(scores.sums["v"] / scores.views["v"])
+
+    pyfunc = registry.AimVideoPyfunc()
+    pyfunc.load_context(mlflow.pyfunc.PythonModelContext(
+        artifacts={"model": str(ckpt / MODEL_FILE)}, model_config=None))
+    served = torch.as_tensor(pyfunc.predict(None, load_views(path, cfg).numpy())).mean(0)
+
+    torch.testing.assert_close(evaluated, predicted, rtol=0, atol=1e-6)
+    torch.testing.assert_close(served, predicted, rtol=0, atol=1e-6)
+    if precision == "bf16":                           # the setting is honoured on the CPU too
+        fp32 = predict_video(model, cfg.with_overrides({"optim.precision": "fp32"}), path)
+        assert not torch.allclose(predicted, fp32, rtol=0, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------------------------
 # aim-video predict
 # ----------------------------------------------------------------------------------------------

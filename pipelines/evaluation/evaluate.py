@@ -16,7 +16,6 @@ count as a wrong prediction, and it does not stop the evaluation.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import torch
 
 from aim_core.annotations import VideoRecord
 from aim_core.config import Config
+from aim_core.inference import Inference
 from aim_core.metrics import ClassificationMeter
 from aim_core.transforms import build_test_transform
 from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, open_video_source,
@@ -63,35 +63,16 @@ def load_views(path: str | os.PathLike[str], cfg: Config,
     return torch.cat(views)  # (clips, crops, ...) -> (clips * crops, ...)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and precision == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if device.type == "cuda" and precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def view_probabilities(model: torch.nn.Module, views: torch.Tensor, cfg: Config,
-                       device: torch.device | None = None) -> torch.Tensor:
-    """Softmax probabilities ``(V, num_classes)`` of a stack of views, in batches, in float32."""
-    device = device or next(model.parameters()).device
-    batch = max(1, cfg.optim.per_device_batch)
-    out = []
-    with _autocast(device, cfg.optim.precision):
-        for part in views.split(batch):
-            out.append(model(part.to(device, non_blocking=True)).float().softmax(dim=-1).cpu())
-    return torch.cat(out)
+def inference_for(model: torch.nn.Module, cfg: Config, inference: Inference | None) -> Inference:
+    """``inference``, or the config's on the device the model is on."""
+    return inference or Inference.for_config(cfg, next(model.parameters()).device)
 
 
 def predict_video(model: torch.nn.Module, cfg: Config, path: str | os.PathLike[str],
-                  device: torch.device | None = None) -> torch.Tensor:
+                  inference: Inference | None = None) -> torch.Tensor:
     """Class probabilities ``(num_classes,)`` of one video: the mean over its test views."""
-    return view_probabilities(model, load_views(path, cfg), cfg, device).mean(dim=0)
+    inference = inference_for(model, cfg, inference)
+    return inference.probabilities(model, load_views(path, cfg)).mean(dim=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,10 +96,10 @@ def _result(meter: ClassificationMeter, class_names: Sequence[str], cfg: Config,
 
 
 def evaluate_records(model: torch.nn.Module, cfg: Config, records: Iterable[Labelled],
-                     class_names: Sequence[str], device: torch.device | None = None
+                     class_names: Sequence[str], inference: Inference | None = None
                      ) -> dict[str, Any]:
     """Decode and score each video in this process (see module docstring)."""
-    model.eval()
+    inference = inference_for(model, cfg, inference)
     transform = build_test_transform(cfg.data, cfg.model.image_size)
     meter = ClassificationMeter(len(class_names))
     failed: list[tuple[str, str]] = []
@@ -130,7 +111,7 @@ def evaluate_records(model: torch.nn.Module, cfg: Config, records: Iterable[Labe
             log.warning("skipping %s: %s", path, exc)
             failed.append((path, str(exc)))
             continue
-        probs = view_probabilities(model, views, cfg, device).mean(dim=0, keepdim=True)
+        probs = inference.probabilities(model, views).mean(dim=0, keepdim=True)
         meter.update(probs, torch.tensor([label]))
     return _result(meter, class_names, cfg, failed)
 
@@ -169,19 +150,19 @@ class VideoScores:
 
 
 def score_rows(model: torch.nn.Module, cfg: Config, rows: Iterable[dict[str, Any]],
-               device: torch.device | None = None) -> VideoScores:
+               inference: Inference | None = None) -> VideoScores:
     """Score batches of ingest rows (``video_id, label, frames``: one temporal clip each).
 
     Views of a video may arrive in any order, batch or worker: probabilities are summed per
     ``video_id`` here and averaged once all views are in (:meth:`VideoScores.meter`).
     """
-    model.eval()
+    inference = inference_for(model, cfg, inference)
     transform = build_test_transform(cfg.data, cfg.model.image_size)
     scores = VideoScores()
     for batch in rows:
         views = torch.stack([transform(_writable(f)) for f in batch["frames"]])
         crops = views.shape[1]
-        probs = view_probabilities(model, views.flatten(0, 1), cfg, device)
+        probs = inference.probabilities(model, views.flatten(0, 1))
         probs = probs.reshape(len(views), crops, -1).sum(dim=1).numpy()
         for video_id, label, p in zip(batch["video_id"], batch["label"], probs):
             scores.add(str(video_id), int(label), p, crops)
@@ -189,23 +170,22 @@ def score_rows(model: torch.nn.Module, cfg: Config, rows: Iterable[dict[str, Any
 
 
 def evaluate_dataset(model: torch.nn.Module, cfg: Config, dataset: Any,
-                     class_names: Sequence[str], device: torch.device | None = None,
+                     class_names: Sequence[str], inference: Inference | None = None,
                      failed: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Score a Ray Dataset of test views; ``failed`` passes on the ingest report's bad files."""
-    batch = max(1, cfg.optim.per_device_batch)
-    scores = score_rows(model, cfg, dataset.iter_batches(batch_size=batch, batch_format="numpy"),
-                        device)
+    rows = dataset.iter_batches(batch_size=cfg.optim.eval_batch_size, batch_format="numpy")
+    scores = score_rows(model, cfg, rows, inference)
     return _result(scores.meter(len(class_names)), class_names, cfg, list(failed))
 
 
 def evaluate(model: torch.nn.Module, cfg: Config, data: Any, class_names: Sequence[str],
-             device: torch.device | None = None) -> dict[str, Any]:
+             inference: Inference | None = None) -> dict[str, Any]:
     """Multi-view metrics of ``model`` on ``data``: records / ``(path, label)`` pairs, or a Ray
     Dataset of test views. Returns :meth:`ClassificationMeter.compute` plus ``class_names``,
     ``num_videos``, ``views`` and ``failed`` (``[path, reason]`` of skipped videos)."""
     if hasattr(data, "iter_batches"):
-        return evaluate_dataset(model, cfg, data, class_names, device)
-    return evaluate_records(model, cfg, data, class_names, device)
+        return evaluate_dataset(model, cfg, data, class_names, inference)
+    return evaluate_records(model, cfg, data, class_names, inference)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,8 +242,8 @@ def run_eval(cfg: Config, model_ref: str, out_dir: str | Path, engine: str = "lo
     from pipelines.tracking.runs import configure
 
     configure(cfg)
-    device = default_device()
-    model, model_cfg, class_names = resolve_model(model_ref, device=device)
+    inference = Inference.for_config(cfg)
+    model, model_cfg, class_names = resolve_model(model_ref, device=inference.device)
     ecfg = replace(cfg, model=model_cfg.model)
     class_map = ClassMap(class_names) if class_names else None
     if engine == "ray":
@@ -282,9 +262,9 @@ def run_eval(cfg: Config, model_ref: str, out_dir: str | Path, engine: str = "lo
         log.warning("%d annotated videos left out (label not in the model's classes or file "
                     "missing), e.g. %s", len(rejected), rejected[0])
     if engine == "ray":
-        metrics = evaluate_dataset(model, ecfg, data, names, device, failed)
+        metrics = evaluate_dataset(model, ecfg, data, names, inference, failed)
     else:
-        metrics = evaluate_records(model, ecfg, data, names, device)
+        metrics = evaluate_records(model, ecfg, data, names, inference)
     metrics["model"] = str(model_ref)
     metrics["split"] = "val"
     files = write_report(metrics, out_dir)

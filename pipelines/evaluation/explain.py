@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from aim_core.attention import AttentionMaps, cls_attention_maps  # noqa: E402
 from aim_core.config import Config  # noqa: E402
+from aim_core.inference import Inference, default_device  # noqa: E402
 from aim_core.transforms import CLIP_MEAN, CLIP_STD, build_test_transform  # noqa: E402
 from aim_core.video import (clip_indices, decode_frames, open_video_source,  # noqa: E402
                             probe_video, uniform_indices)
@@ -107,7 +108,9 @@ def explain_model(model: torch.nn.Module, cfg: Config, class_names: Sequence[str
                   video: str | os.PathLike[str], label: str, from_config: bool = False
                   ) -> Explained:
     clip, indices = load_clip(video, cfg, from_config)
-    maps = cls_attention_maps(model, clip)
+    inference = Inference.for_config(cfg, next(model.parameters()).device)
+    with inference.autocast():  # the precision eval and predict use for this config
+        maps = cls_attention_maps(model, clip)
     return Explained(label, denormalise(clip), indices, maps,
                      describe_prediction(maps["logits"], class_names))
 
@@ -215,7 +218,6 @@ def run_explain(video: str | os.PathLike[str], model_ref: str, compare_ref: str 
     (under ``explain/``) to the run of each model that came from MLflow. Returns the paths, the
     per-model predictions and the runs logged to.
     """
-    from pipelines.evaluation.evaluate import default_device
     from pipelines.tracking.registry import is_mlflow_uri, resolve_model, source_run_id
     from pipelines.tracking.runs import configure, log_file
 

@@ -17,7 +17,9 @@ import torch
 from aim_core.config import Config
 from aim_core.video import VideoDecodeError
 
-from pipelines.evaluation.evaluate import default_device, predict_video
+from aim_core.inference import Inference, default_device
+
+from pipelines.evaluation.evaluate import predict_video
 
 
 @dataclass
@@ -31,7 +33,7 @@ class VideoPrediction:
 
 def predict_videos(model: torch.nn.Module, cfg: Config, class_names: Sequence[str] | None,
                    paths: Iterable[str | os.PathLike[str]], topk: int = 5,
-                   device: torch.device | None = None) -> Iterator[VideoPrediction]:
+                   inference: Inference | None = None) -> Iterator[VideoPrediction]:
     """One :class:`VideoPrediction` per path, in order; decode failures become ``error``."""
     num_classes = cfg.model.num_classes
     names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
@@ -40,7 +42,7 @@ def predict_videos(model: torch.nn.Module, cfg: Config, class_names: Sequence[st
     for path in paths:
         path = os.fspath(path)
         try:
-            probs = predict_video(model, cfg, path, device)
+            probs = predict_video(model, cfg, path, inference)
         except VideoDecodeError as exc:
             yield VideoPrediction(path, error=str(exc).removeprefix(f"{path}: "))
             continue
@@ -67,8 +69,7 @@ def run_predict(paths: Sequence[str], model_ref: str, topk: int = 5,
     from pipelines.tracking.runs import configure
 
     configure()  # models:/ and runs:/ resolve against $MLFLOW_TRACKING_URI or ./mlflow.db
-    device = default_device()
-    model, cfg, class_names = resolve_model(model_ref, device=device)
+    model, cfg, class_names = resolve_model(model_ref, device=default_device())
     cfg = cfg.with_overrides(overrides or {})
     if labels_file:
         with open(labels_file, encoding="utf-8") as fh:
@@ -77,7 +78,7 @@ def run_predict(paths: Sequence[str], model_ref: str, topk: int = 5,
             raise ValueError(f"{labels_file} has {len(class_names)} names, the model "
                              f"{cfg.model.num_classes} classes")
     failures = 0
-    for pred in predict_videos(model, cfg, class_names, paths, topk, device):
+    for pred in predict_videos(model, cfg, class_names, paths, topk):
         if pred.error is not None:
             failures += 1
             print(format_prediction(pred), file=err, flush=True)

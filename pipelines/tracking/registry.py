@@ -29,6 +29,7 @@ from mlflow.types.schema import Schema, TensorSpec
 from aim_core.backbones import BackboneError, BackboneIdentity
 from aim_core.checkpoint import MODEL_FILE, load_model, read_model_file
 from aim_core.config import Config, DataConfig, ModelConfig
+from aim_core.inference import Inference, default_device
 from aim_core.model import VideoClassifier
 
 from pipelines.tracking.runs import configure, start_run
@@ -48,21 +49,17 @@ class AimVideoPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.cfg, self.class_names = load_model(
             context.artifacts["model"], backbone_file=context.artifacts.get("backbone"),
-            device=self.device)
+            device=default_device())
+        self.inference = Inference.for_config(self.cfg)
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
                 ) -> np.ndarray:
         if isinstance(model_input, Mapping):  # a named-input request: {"clips": array}
             (model_input,) = model_input.values()
         clips = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        batch = max(1, self.cfg.optim.per_device_batch)
-        with torch.no_grad():
-            probs = [self.model(part.to(self.device)).float().softmax(dim=-1).cpu()
-                     for part in clips.split(batch)]
-        return torch.cat(probs).numpy()
+        return self.inference.probabilities(self.model, clips).numpy()
 
 
 _PYFUNC_ENTRY = """\

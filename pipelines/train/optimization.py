@@ -12,6 +12,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from aim_core.config import OptimConfig
+from aim_core.inference import autocast, autocast_dtype, precision_name
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -52,8 +53,8 @@ def accumulation_steps(cfg: OptimConfig, world_size: int) -> int:
 
 @dataclass
 class Precision:
-    """Autocast dtype and loss scaler for one device: ``auto`` is bf16 on GPUs that have it,
-    fp16 with a scaler on older GPUs, fp32 on the CPU."""
+    """Autocast dtype (``optim.precision``, the rule inference follows too:
+    :func:`aim_core.inference.autocast_dtype`) and, for fp16, the loss scaler."""
 
     dtype: torch.dtype | None
     device_type: str
@@ -61,23 +62,16 @@ class Precision:
 
     @classmethod
     def for_device(cls, device: torch.device, setting: str) -> "Precision":
-        on_gpu = device.type == "cuda"
-        if setting == "auto":
-            setting = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "fp32"
-        if setting == "fp16" and not on_gpu:
-            raise ValueError("optim.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU")
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
-        scaler = torch.amp.GradScaler("cuda") if setting == "fp16" else None
+        dtype = autocast_dtype(setting, device)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         return cls(dtype, device.type, scaler)
 
     @property
     def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return precision_name(self.dtype)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return autocast(torch.device(self.device_type), self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from aim_core.backbones import build_model
 from aim_core.checkpoint import MODEL_FILE, save_model
 from aim_core.config import Config
+from aim_core.inference import Inference
 from aim_core.transforms import build_train_transform
 
 from pipelines.data import ingest
@@ -169,7 +170,7 @@ def evaluate_shards(model, cfg: Config, rows: Iterable[dict[str, np.ndarray]],
                     device: torch.device, num_classes: int) -> dict[str, Any]:
     """Multi-view evaluation over this worker's rows, merged across workers: every view counts
     exactly once whatever the sharding, because per-video sums are gathered before averaging."""
-    scores = score_rows(model, cfg, rows, device)
+    scores = score_rows(model, cfg, rows, Inference.for_config(cfg, device))
     if dist.is_available() and dist.is_initialized():
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, scores)
