@@ -276,19 +276,62 @@ class Config:
         return Config.from_dict(set_dotted(self.to_dict(), overrides, Config))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line "
+                    f"{seen[key].start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``; every way it can be unusable is a one-line ConfigError that
+    names the file (and the line): missing, unreadable, not UTF-8, empty, bad syntax, a key twice."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x});"
+                          f" save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty (a config names at least one section)")
+    return data
+
+
 def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     """YAML with optional ``_base_`` file(s) (relative to the file), merged section-wise in order."""
     if path.resolve() in seen:
         raise ConfigError(f"{path}: _base_ cycle through {[str(p) for p in seen]}")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections "
                           f"{[f.name for f in dataclasses.fields(Config)]}")
-    bases = data.pop("_base_", None) or []
+    raw = data.pop("_base_", [])
+    bases = [raw] if isinstance(raw, str) else raw
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: _base_: expected a file name or a list of file names, "
+                          f"got {raw!r}")
     merged: dict[str, Any] = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = _merge(merged, _read_with_bases(path.parent / base, seen + (path.resolve(),)))
     return _merge(merged, data)
 

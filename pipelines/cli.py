@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from typing import Any, Callable
 
 import yaml
@@ -342,33 +343,71 @@ def _report(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aim-video", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="Ray's and MLflow's logs and tracebacks on the console too")
+    parser = argparse.ArgumentParser(prog="aim-video", description=__doc__.splitlines()[0],
+                                     parents=[verbosity])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, configure, handler) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[verbosity])
         configure(p)
         p.set_defaults(handler=handler)
     return parser
 
 
+def expected_failure(exc: BaseException) -> bool:
+    """A failure a user can cause or meet (a config, a file, a reference, a store), as opposed to
+    a bug: it gets one line and exit status 2."""
+    from mlflow.exceptions import MlflowException
+
+    from aim_core.annotations import AnnotationError
+    from aim_core.backbones import BackboneError
+    from aim_core.video import VideoDecodeError
+    from pipelines.evaluation.compare import EvalMismatchError
+    from pipelines.preflight import InlineCredentialsError, StorageError
+    from pipelines.tracking.references import ModelReferenceError
+    from pipelines.train.driver import RunExistsError
+
+    return isinstance(exc, (ConfigError, AnnotationError, InlineCredentialsError, StorageError,
+                            RunExistsError, BackboneError, ModelReferenceError, VideoDecodeError,
+                            EvalMismatchError, MlflowException, OSError))
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 600 else text[:600] + " ..."
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipelines import console
     from pipelines.runtime import keep_private_cluster_on_loopback, shutdown_ray
 
     keep_private_cluster_on_loopback()  # before anything imports Ray
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipelines.preflight import InlineCredentialsError
-
+    verbose = getattr(args, "verbose", False)
+    console.start(args.command, verbose)
+    code = 0
     try:
-        return args.handler(args) or 0
-    except (ConfigError, InlineCredentialsError) as exc:
-        print(f"aim-video {args.command}: config error: {exc}", file=sys.stderr)
-        return 2
+        code = args.handler(args) or 0
+    except KeyboardInterrupt:
+        print(f"aim-video {args.command}: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the one place every failure becomes one line
+        logging.getLogger("pipelines.cli").debug("failure", exc_info=True)
+        if verbose:
+            traceback.print_exc()
+        expected = expected_failure(exc)
+        hint = "" if expected or verbose else " (a bug? rerun with -v for the traceback)"
+        print(f"aim-video {args.command}: {one_line(exc)}{hint}", file=sys.stderr)
+        code = 2 if expected else 1
     finally:
         if "ray" in sys.modules:
             shutdown_ray()
+        console.finish()
+    return code
 
 
 if __name__ == "__main__":

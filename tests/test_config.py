@@ -113,3 +113,26 @@ def test_base_files_are_merged_section_by_section(tmp_path):
     child = write(tmp_path, "_base_: base.yaml\nmodel:\n  num_frames: 16\n")
     cfg = Config.load(child)
     assert (cfg.model.num_classes, cfg.model.num_frames, cfg.optim.epochs) == (400, 16, 30)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "cfg.yaml: the file is empty"),
+    ("# only a comment\n", "cfg.yaml: the file is empty"),
+    ("optim:\n  lr: 1e-3\n  lr: 3e-4\n", r"cfg.yaml:3:3: duplicate key 'lr' \(first given on line 2\)"),
+    ("optim: {lr: 1e-3\n", r"cfg.yaml:2:1: "),
+    ("model:\n\tnum_classes: 3\n", r"cfg.yaml:2:1: found character '\\t'"),
+    ("_base_: 3\n", "_base_: expected a file name or a list of file names, got 3"),
+    ("_base_: [base.yaml, {a: 1}]\n", "_base_: expected a file name"),
+    ("- model\n- optim\n", "the top level must be a mapping of sections"),
+])
+def test_unusable_config_files_are_one_line_errors_naming_the_file(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        Config.load(write(tmp_path, text))
+    assert "\n" not in str(err.value)
+
+
+def test_a_config_that_is_not_utf8_says_so(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 16 is 0xe9\)"):
+        Config.load(path)

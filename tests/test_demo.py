@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from aim_core.tiny import pretrain_tiny_backbone
-from pipelines.tracking import registry
+from pipelines.tracking import references
 from pipelines.demo import REGISTERED_NAME, run_demo
 
 
@@ -30,7 +30,7 @@ def test_the_demo_trains_both_models_tracks_them_and_registers_the_better_one(
     best = max(rows, key=lambda r: r.top1)
     champion = client.get_model_version_by_alias(REGISTERED_NAME, "champion")
     assert champion.run_id == best.mlflow_run_id
-    model, cfg, names = registry.resolve_model(f"models:/{REGISTERED_NAME}@champion")
+    model, cfg, names = references.resolve_model(f"models:/{REGISTERED_NAME}@champion")
     assert cfg.model.variant == best.variant and len(names) == cfg.model.num_classes
     out = capsys.readouterr().out
     assert f"models:/{REGISTERED_NAME}@champion" in out and "temporal-order" in out

@@ -25,7 +25,7 @@ from clusters import (
 from mlflow import MlflowClient
 from ray.job_submission import JobStatus
 
-from pipelines.tracking import registry
+from pipelines.tracking import references
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,7 @@ def test_a_submitted_training_job_succeeds_and_registers_a_loadable_model(
     version = store.get_model_version_by_alias("job-model", "champion")
     assert version.run_id == run.info.run_id
     mlflow.set_tracking_uri(uri)
-    model, cfg, class_names = registry.resolve_model("models:/job-model@champion")
+    model, cfg, class_names = references.resolve_model("models:/job-model@champion")
     assert class_names == list(CLASSES)
     clips = torch.randn(2, 3, cfg.model.num_frames, cfg.model.image_size, cfg.model.image_size)
     with torch.no_grad():

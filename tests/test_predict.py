@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from aim_core.backbones import build_model
 from aim_core.checkpoint import save_model
 from aim_core.config import Config
-from pipelines.tracking import registry, runs
+from pipelines.tracking import references, registry, runs
 from pipelines.cli import main
 from pipelines.evaluation.evaluate import evaluate, load_views, predict_video
 from pipelines.evaluation.predict import predict_videos
@@ -92,7 +92,7 @@ def test_a_video_gives_clips_times_crops_normalised_views(checkpoint, data_root)
 
 def test_video_probabilities_are_the_mean_softmax_over_its_views(checkpoint, data_root):
     ckpt, cfg = checkpoint
-    model, _, _ = registry.resolve_model(ckpt)
+    model, _, _ = references.resolve_model(ckpt)
     path = videos(data_root)[0]
     with torch.no_grad():
         expected = model(load_views(path, cfg)).softmax(-1).mean(0)
@@ -113,7 +113,7 @@ def test_evaluation_predict_and_the_pyfunc_give_one_answer_per_precision(
     from pipelines.evaluation.evaluate import score_rows
 
     ckpt, cfg = checkpoint
-    model, _, _ = registry.resolve_model(ckpt)
+    model, _, _ = references.resolve_model(ckpt)
     cfg = cfg.with_overrides({"optim.precision": precision, "optim.eval_batch_size": 4})
     ckpt = save_model(tmp_path / precision, model, cfg, CLASSES).parent   # trained at precision
     path = videos(data_root)[0]
@@ -178,7 +178,7 @@ def test_predict_views_follow_overrides_of_the_model_config(checkpoint, data_roo
     assert main(["predict", path, "--model", str(ckpt), "--set", "data.test_clips=1",
                  "--set", "data.test_crops=1"]) == 0
     printed = parse_predictions(capsys.readouterr().out)[path]
-    model, _, _ = registry.resolve_model(ckpt)
+    model, _, _ = references.resolve_model(ckpt)
     one_view = Config.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"],
                                                            "test_clips": 1, "test_crops": 1}})
     (pred,) = predict_videos(model, one_view, CLASSES, [path])
@@ -198,7 +198,7 @@ def test_predict_runs_a_released_official_checkpoint_with_a_labels_file(data_roo
     assert main(["predict", path, "--model", str(tmp_path / "aim_k400.pth"),
                  "--labels", str(labels), "--topk", "3"]) == 0
     assert "  1. action " in capsys.readouterr().out
-    model, cfg, names = registry.resolve_model(tmp_path / "aim_k400.pth")
+    model, cfg, names = references.resolve_model(tmp_path / "aim_k400.pth")
     assert names is None and cfg.model.num_classes == 7
     assert (cfg.data.sampler, cfg.data.test_clips, cfg.data.test_crops) == ("dense", 3, 1)
 
@@ -210,7 +210,7 @@ def test_predict_runs_a_released_official_checkpoint_with_a_labels_file(data_roo
 def test_evaluation_scores_each_readable_video_once_and_lists_the_rest(checkpoint, data_root,
                                                                         broken):
     ckpt, cfg = checkpoint
-    model, _, _ = registry.resolve_model(ckpt)
+    model, _, _ = references.resolve_model(ckpt)
     files = videos(data_root)
     labelled = [(str(p), CLASSES.index(p.parent.name)) for p in files] + [(str(broken), 0)]
     result = evaluate(model, cfg, labelled, CLASSES)
@@ -289,7 +289,7 @@ def test_evaluation_over_ingested_ray_views_matches_local_decoding(checkpoint):
     from aim_core.annotations import ClassMap, load_split
 
     ckpt, cfg = checkpoint
-    model, _, _ = registry.resolve_model(ckpt)
+    model, _, _ = references.resolve_model(ckpt)
     records = load_split(cfg.data, "val", ClassMap(CLASSES)).records
     local = evaluate(model, cfg, records, CLASSES)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

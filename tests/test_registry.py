@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from aim_core.backbones import build_model
 from aim_core.checkpoint import save_model
-from pipelines.tracking import registry, runs
+from pipelines.tracking import references, registry, runs
 
 from .modeltools import CLASSES, clips, tracked_config, trained_like
 
@@ -54,12 +54,12 @@ def test_registered_model_loads_back_identically_and_offline(tmp_path, clip_weig
     # The backbone file travels with the model: loading needs neither it nor a network.
     shutil.move(clip_weights, tmp_path / "elsewhere.pt")
 
-    loaded, loaded_cfg, names = registry.resolve_model("models:/tiny-aim@champion")
+    loaded, loaded_cfg, names = references.resolve_model("models:/tiny-aim@champion")
     assert names == CLASSES
     assert loaded_cfg.model == cfg.model          # the config as trained, backbone path included
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
-    by_version, _, _ = registry.resolve_model("models:/tiny-aim/1")
+    by_version, _, _ = references.resolve_model("models:/tiny-aim/1")
     with torch.no_grad():
         torch.testing.assert_close(by_version(x), expected, rtol=0, atol=0)
 
@@ -72,7 +72,7 @@ def test_registered_model_loads_back_identically_and_offline(tmp_path, clip_weig
     outputs = pyfunc.metadata.get_output_schema().inputs[0]
     assert inputs.shape == (-1, 3, 4, 32, 32) and inputs.type == np.dtype(np.float32)
     assert outputs.shape == (-1, len(CLASSES))
-    assert registry.source_run_id("models:/tiny-aim@champion") == run.info.run_id
+    assert references.source_run_id("models:/tiny-aim@champion") == run.info.run_id
 
 
 @pytest.mark.slow
@@ -85,8 +85,8 @@ def test_a_new_version_takes_over_the_alias(tmp_path):
     client = MlflowClient()
     assert client.get_model_version_by_alias("tiny-random", "champion").version == v2.version
     assert client.get_run(v2.run_id).info.run_name == "register-tiny-random"
-    loaded, _, _ = registry.resolve_model("models:/tiny-random@champion")
-    reference, _, _ = registry.resolve_model(second)    # a local checkpoint resolves as well
+    loaded, _, _ = references.resolve_model("models:/tiny-random@champion")
+    reference, _, _ = references.resolve_model(second)    # a local checkpoint resolves as well
     x = clips(batch=3)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=0)
@@ -99,17 +99,12 @@ def test_runs_uri_of_a_logged_checkpoint_folder_resolves(tmp_path):
     save_model(tmp_path / "ckpt", model, cfg, CLASSES)
     with runs.start_run(cfg) as run:
         mlflow.log_artifacts(str(tmp_path / "ckpt"), "checkpoint")
-    loaded, _, names = registry.resolve_model(f"runs:/{run.info.run_id}/checkpoint")
+    loaded, _, names = references.resolve_model(f"runs:/{run.info.run_id}/checkpoint")
     assert names == CLASSES
     x = clips(batch=3)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    assert registry.source_run_id(f"runs:/{run.info.run_id}/checkpoint") == run.info.run_id
-
-
-def test_missing_model_reference_says_what_is_accepted(tmp_path):
-    with pytest.raises(FileNotFoundError, match="models:/NAME@ALIAS"):
-        registry.resolve_model(tmp_path / "nothing-here")
+    assert references.source_run_id(f"runs:/{run.info.run_id}/checkpoint") == run.info.run_id
 
 
 LEGACY_ENTRY = """\

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from aim_core.checkpoint import load_model
 from aim_core.config import Config
 from aim_core.tiny import pretrain_tiny_backbone
-from pipelines.tracking import registry, runs
+from pipelines.tracking import references, runs
 from pipelines.data.synthetic import generate_synthetic
 from pipelines.train.driver import RunExistsError, run_training
 
@@ -58,7 +58,7 @@ def test_two_cpu_workers_beat_chance_and_register_a_model_that_reloads(tmp_path,
     assert sorted(m.step for m in history) == list(range(1, 7))
 
     local, _, names = load_model(outcome.model_dir)
-    registered = registry.resolve_model("models:/aim-test@champion")
+    registered = references.resolve_model("models:/aim-test@champion")
     clip = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(registered[0](clip), local(clip), atol=0, rtol=0)

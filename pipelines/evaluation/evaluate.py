@@ -238,7 +238,7 @@ def run_eval(cfg: Config, model_ref: str, out_dir: str | Path, engine: str = "lo
     from dataclasses import replace
 
     from aim_core.annotations import ClassMap, load_split
-    from pipelines.tracking.registry import is_mlflow_uri, resolve_model, source_run_id
+    from pipelines.tracking.references import is_mlflow_uri, resolve_model, source_run_id
     from pipelines.tracking.runs import configure
 
     configure(cfg)

@@ -218,7 +218,7 @@ def run_explain(video: str | os.PathLike[str], model_ref: str, compare_ref: str 
     (under ``explain/``) to the run of each model that came from MLflow. Returns the paths, the
     per-model predictions and the runs logged to.
     """
-    from pipelines.tracking.registry import is_mlflow_uri, resolve_model, source_run_id
+    from pipelines.tracking.references import is_mlflow_uri, resolve_model, source_run_id
     from pipelines.tracking.runs import configure, log_file
 
     refs = [r for r in (model_ref, compare_ref) if r is not None]

@@ -65,7 +65,7 @@ def run_predict(paths: Sequence[str], model_ref: str, topk: int = 5,
                 out: TextIO | None = None, err: TextIO | None = None) -> int:
     """The command: prints each video's top classes; returns 1 if any video failed, else 0."""
     out, err = out or sys.stdout, err or sys.stderr
-    from pipelines.tracking.registry import resolve_model
+    from pipelines.tracking.references import resolve_model
     from pipelines.tracking.runs import configure
 
     configure()  # models:/ and runs:/ resolve against $MLFLOW_TRACKING_URI or ./mlflow.db

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from aim_core.config import ConfigError, build_section, check_override
+from aim_core.config import ConfigError, build_section, check_override, read_yaml
 from aim_core.storage import Location, join
 
 from pipelines.sweeps.studies import STUDIES, check_domain
@@ -104,10 +102,7 @@ class SweepConfig:
     @staticmethod
     def read_space(path: str | Path) -> dict[str, Any]:
         """The ``--space`` file's mapping (checked when the whole :class:`SweepConfig` is built)."""
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"--space {path}: cannot read it ({exc})") from None
+        data = read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"--space {path}: expected a mapping with params, num_samples, asha")
         return data

@@ -1,16 +1,15 @@
-"""The Model Registry: our checkpoint format behind an MLflow pyfunc, and loading any model reference.
+"""The Model Registry: our checkpoint format behind an MLflow pyfunc.
 
 Models are registered in our own checkpoint format, not pickled modules and not ``torch.export``
 graphs: a ``mlflow.pyfunc`` model whose artifacts are ``model.pt`` (config + tunable weights +
 backbone identity, loaded with ``weights_only=True``) and, when the backbone came from a local file,
 that file too, so the registered model loads offline. :class:`AimVideoPyfunc` serves it to generic
-MLflow tooling; :func:`resolve_model` loads it back as our own :class:`VideoClassifier` without
-unpickling anything.
+MLflow tooling; :func:`pipelines.tracking.references.resolve_model` loads it back as our own
+:class:`VideoClassifier` without unpickling anything.
 """
 
 from __future__ import annotations
 
-import re
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -20,24 +19,19 @@ from typing import Any, Iterator, Mapping
 import mlflow
 import numpy as np
 import torch
-import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
-from aim_core.backbones import BackboneError, BackboneIdentity
+from aim_core.backbones import BackboneError
 from aim_core.checkpoint import MODEL_FILE, load_model, read_model_file
-from aim_core.config import Config, DataConfig, ModelConfig
+from aim_core.config import Config, ModelConfig
 from aim_core.inference import Inference, default_device
-from aim_core.model import VideoClassifier
 
 from pipelines.tracking.runs import configure, start_run
 
 MODEL_ARTIFACT = "model"          # name of the logged pyfunc model inside a run
-
-LoadedModel = tuple[VideoClassifier, Config, "list[str] | None"]
-
 
 class AimVideoPyfunc(mlflow.pyfunc.PythonModel):
     """Generic MLflow serving of an aim-video checkpoint.
@@ -151,106 +145,3 @@ def register_model(checkpoint_path: str | Path, name: str, alias: str | None = "
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version.version)
     return version
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading any model reference
-# ----------------------------------------------------------------------------------------------
-
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
-
-
-def is_mlflow_uri(ref: str) -> bool:
-    return str(ref).startswith(("models:/", "runs:/"))
-
-
-def source_run_id(uri: str) -> str | None:
-    """The MLflow run a ``models:/`` or ``runs:/`` reference was logged in (None for files)."""
-    uri = str(uri)
-    if uri.startswith("runs:/"):
-        return uri[len("runs:/"):].split("/", 1)[0] or None
-    match = _MODELS_URI.match(uri)
-    if match is None:
-        return None
-    client = MlflowClient()
-    if match["alias"]:
-        return client.get_model_version_by_alias(match["name"], match["alias"]).run_id
-    return client.get_model_version(match["name"], match["version"]).run_id
-
-
-def resolve_model(ref: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """``(model, config, class_names)`` from any way of naming a trained model.
-
-    - ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/path``: downloaded from the
-      tracking store MLflow is configured for (see :func:`configure`) and loaded from our
-      checkpoint format, never by unpickling the pyfunc wrapper;
-    - a checkpoint folder or ``model.pt``;
-    - a released official AIM ``.pth`` (test views then follow the paper: 3x1 dense for Kinetics,
-      1x3 uniform for SSv2's 174 classes, 1x1 uniform for Diving-48's 48).
-    Returns ``class_names=None`` when the checkpoint has none (official ones).
-    """
-    ref = str(ref)
-    if is_mlflow_uri(ref):
-        with tempfile.TemporaryDirectory(prefix="aim-video-model-") as tmp:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))
-            return _load_downloaded(local, device)
-    path = Path(ref).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {ref} (expected models:/NAME@ALIAS, runs:/..., a "
-                                f"checkpoint folder/model.pt, or an official AIM .pth)")
-    if path.is_dir() or path.suffix == ".pt":
-        try:
-            return load_model(path, device=device)
-        except BackboneError:
-            if path.is_dir() or not _is_official(path):
-                raise
-    return _load_official(path, device)
-
-
-def _load_downloaded(local: Path, device: str | torch.device) -> LoadedModel:
-    """Load a downloaded pyfunc model folder (MLmodel) or a folder/file holding model.pt."""
-    mlmodel = local / "MLmodel" if local.is_dir() else None
-    if mlmodel is not None and mlmodel.is_file():
-        spec = yaml.safe_load(mlmodel.read_text())
-        arts = (spec.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
-        if "model" not in arts:
-            raise BackboneError(f"{local}: an MLflow model, but not an aim-video one (no 'model' "
-                                f"artifact)")
-        ckpt = local / arts["model"]["path"]
-        backbone = local / arts["backbone"]["path"] if "backbone" in arts else None
-    else:
-        found = [local] if local.is_file() else sorted(local.rglob(MODEL_FILE))
-        if len(found) != 1:
-            raise FileNotFoundError(f"expected one {MODEL_FILE} in the downloaded artifacts, "
-                                    f"found {len(found)}")
-        ckpt, backbone = found[0], None
-    model, cfg, class_names = load_model(ckpt, backbone_file=backbone, device=device)
-    if backbone is not None:  # the download is temporary: describe the model as it was trained
-        identity = read_model_file(ckpt)["backbone"]
-        cfg.model.backbone.pretrained = identity["pretrained"]
-        model.backbone_identity = BackboneIdentity(**identity)
-    return model, cfg, class_names
-
-
-def _is_official(path: Path) -> bool:
-    from aim_core.official import read_official_state
-
-    try:
-        read_official_state(path)
-        return True
-    except BackboneError:
-        return False
-
-
-def _load_official(path: Path, device: str | torch.device) -> LoadedModel:
-    from aim_core.official import load_official_checkpoint
-
-    model = load_official_checkpoint(path).to(device).eval()
-    m = model.cfg
-    if m.num_classes in (174, 48):      # SSv2 / Diving-48 recipes: uniform segments
-        data = DataConfig(sampler="uniform", test_clips=1, test_crops=3 if m.num_classes == 174
-                          else 1, horizontal_flip=False)
-    else:                               # Kinetics: dense 8x16 / 16x8 / 32x4, 3 clips x 1 crop
-        data = DataConfig(sampler="dense", frame_interval=max(1, 128 // m.num_frames),
-                          test_clips=3, test_crops=1)
-    return model, Config(model=m, data=data).validate(), None

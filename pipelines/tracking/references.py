@@ -1,0 +1,176 @@
+"""Every way a person names a trained model (``--model REF``), resolved to one loaded model.
+
+- ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``: a registered version;
+- ``runs:/RUN_ID/PATH`` or a bare MLflow run id: what that run logged (its checkpoint);
+- a training run's folder (``<run.storage_path>/<run.name>``): its best evaluated checkpoint, or
+  its latest when none was evaluated, saying which;
+- a checkpoint folder or ``model.pt`` of ours, or a released AIM ``.pth``.
+
+Models are read from our checkpoint format (``weights_only``), never by unpickling a pyfunc
+wrapper. A reference that names nothing usable fails with :class:`ModelReferenceError`, which says
+what was found there instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import mlflow
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from aim_core.backbones import BackboneError, BackboneIdentity
+from aim_core.checkpoint import MODEL_FILE, load_model, read_model_file
+from aim_core.config import Config, DataConfig
+from aim_core.model import VideoClassifier
+
+from pipelines import console
+
+LoadedModel = tuple[VideoClassifier, Config, "list[str] | None"]
+ACCEPTED = ("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH, an MLflow run id, a "
+            "training run's folder, a checkpoint folder or model.pt, or a released AIM .pth")
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+CHECKPOINT_ARTIFACT = "checkpoint"        # where a training run logs its model.pt
+EVAL_FILE = "eval.json"                   # a Ray Train checkpoint's last evaluation
+
+
+class ModelReferenceError(ValueError):
+    """A ``--model`` reference that names no usable model; the message says what is there."""
+
+
+def is_mlflow_uri(ref: str) -> bool:
+    return str(ref).startswith(("models:/", "runs:/")) or bool(_RUN_ID.match(str(ref)))
+
+
+def source_run_id(uri: str) -> str | None:
+    """The MLflow run a ``models:/``, ``runs:/`` or run-id reference was logged in."""
+    uri = str(uri)
+    if _RUN_ID.match(uri):
+        return uri
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/"):].split("/", 1)[0] or None
+    match = _MODELS_URI.match(uri)
+    if match is None:
+        return None
+    client = MlflowClient()
+    if match["alias"]:
+        return client.get_model_version_by_alias(match["name"], match["alias"]).run_id
+    return client.get_model_version(match["name"], match["version"]).run_id
+
+
+def resolve_model(ref: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """``(model, config, class_names)`` of ``ref`` (see the module docstring); class names are
+    None for released checkpoints, which carry none."""
+    ref = str(ref)
+    path = Path(ref).expanduser()
+    if not path.exists() and is_mlflow_uri(ref):
+        uri = f"runs:/{ref}/{CHECKPOINT_ARTIFACT}" if _RUN_ID.match(ref) else ref
+        with tempfile.TemporaryDirectory(prefix="aim-video-model-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            return _load_downloaded(local, ref, device)
+    if not path.exists():
+        raise ModelReferenceError(f"no model at {ref}: expected {ACCEPTED}")
+    if path.is_dir():
+        return load_model(_checkpoint_in_folder(path), device=device)
+    return _load_file(path, device)
+
+
+def _checkpoint_in_folder(folder: Path) -> Path:
+    """``model.pt`` of a checkpoint folder, or of a training run folder's chosen checkpoint."""
+    if (folder / MODEL_FILE).is_file():
+        return folder / MODEL_FILE
+    checkpoints = sorted(c for c in folder.glob("checkpoint_*") if (c / MODEL_FILE).is_file())
+    if not checkpoints:
+        found = sorted(p.name for p in folder.iterdir())[:8]
+        raise ModelReferenceError(f"{folder}: no {MODEL_FILE} and no checkpoint_* folders with one"
+                                  f" (found: {', '.join(found) or 'nothing'}); expected {ACCEPTED}")
+    scored = [(_val_top1(c), c) for c in checkpoints]
+    evaluated = [(score, c) for score, c in scored if score is not None]
+    if evaluated:
+        score, chosen = max(evaluated, key=lambda sc: (sc[0], sc[1].name))
+        console.say(f"using {chosen.name} of {folder}: its best evaluated checkpoint "
+                    f"(val top-1 {100 * score:.1f}%)")
+    else:
+        chosen = checkpoints[-1]
+        console.say(f"using {chosen.name} of {folder}: its latest checkpoint (none was evaluated)")
+    return chosen / MODEL_FILE
+
+
+def _val_top1(checkpoint: Path) -> float | None:
+    try:
+        return float(json.loads((checkpoint / EVAL_FILE).read_text())["top1"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _load_file(path: Path, device: str | torch.device) -> LoadedModel:
+    """Ours or a released AIM checkpoint, told apart by what the file holds, not its name."""
+    from aim_core.official import read_official_state
+
+    if not zipfile.is_zipfile(path):
+        raise ModelReferenceError(f"{path} is not a model: {_describe_file(path)}; expected "
+                                  f"{ACCEPTED}")
+    try:
+        return load_model(path, device=device)
+    except BackboneError:
+        pass                                   # not ours: perhaps a released AIM checkpoint
+    try:
+        read_official_state(path)
+    except BackboneError as exc:
+        raise ModelReferenceError(f"{path} is a torch file but neither an aim-video nor a "
+                                  f"released AIM checkpoint ({exc})") from None
+    return _load_official(path, device)
+
+
+def _describe_file(path: Path) -> str:
+    head = path.read_bytes()[:512]
+    if head[:1] in (b"{", b"[") or path.suffix == ".json":
+        return "it holds JSON"
+    if not head:
+        return "it is empty"
+    return "it is not a torch checkpoint (no zip archive)"
+
+
+def _load_downloaded(local: Path, ref: str, device: str | torch.device) -> LoadedModel:
+    """A downloaded pyfunc model folder (MLmodel) or a folder/file holding model.pt."""
+    mlmodel = local / "MLmodel" if local.is_dir() else None
+    if mlmodel is not None and mlmodel.is_file():
+        spec = yaml.safe_load(mlmodel.read_text())
+        arts = (spec.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+        if "model" not in arts:
+            raise ModelReferenceError(f"{ref}: an MLflow model, but not an aim-video one (no "
+                                      f"'model' artifact)")
+        ckpt = local / arts["model"]["path"]
+        backbone = local / arts["backbone"]["path"] if "backbone" in arts else None
+    else:
+        found = [local] if local.is_file() else sorted(local.rglob(MODEL_FILE))
+        if len(found) != 1:
+            raise ModelReferenceError(f"{ref}: expected one {MODEL_FILE} in its artifacts, "
+                                      f"found {len(found)}")
+        ckpt, backbone = found[0], None
+    model, cfg, class_names = load_model(ckpt, backbone_file=backbone, device=device)
+    if backbone is not None:  # the download is temporary: describe the model as it was trained
+        identity = read_model_file(ckpt)["backbone"]
+        cfg.model.backbone.pretrained = identity["pretrained"]
+        model.backbone_identity = BackboneIdentity(**identity)
+    return model, cfg, class_names
+
+
+def _load_official(path: Path, device: str | torch.device) -> LoadedModel:
+    from aim_core.official import load_official_checkpoint
+
+    model = load_official_checkpoint(path).to(device).eval()
+    m = model.cfg
+    if m.num_classes in (174, 48):      # SSv2 / Diving-48 recipes: uniform segments
+        data = DataConfig(sampler="uniform", test_clips=1, test_crops=3 if m.num_classes == 174
+                          else 1, horizontal_flip=False)
+    else:                               # Kinetics: dense 8x16 / 16x8 / 32x4, 3 clips x 1 crop
+        data = DataConfig(sampler="dense", frame_interval=max(1, 128 // m.num_frames),
+                          test_clips=3, test_crops=1)
+    return model, Config(model=m, data=data).validate(), None
