@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kuberay_crds import KUBERAY_VERSION, SCHEMA_FILES, schema_errors
 
 from pipelines.cluster_config import DECODE_RESOURCE, reject_inline_credentials
 
@@ -18,6 +19,7 @@ CONFIGS = ROOT / "configs"
 IMAGE = "ghcr.io/aim-video/aim-video:0.1.0"
 
 YAML_FILES = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
+KUBERAY_FILES = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 
 
 def _docs(path: Path) -> list:
@@ -145,6 +147,47 @@ def test_common_objects_referenced_exist():
     assert not any(d["kind"] == "Secret" for d in docs), "Secrets are created out of band"
     cm = next(d for d in docs if d["kind"] == "ConfigMap")
     assert "MLFLOW_TRACKING_URI" in cm["data"]
+
+
+# ---------------------------------------------------------------------------------------------
+# KubeRay's own CRD schemas, strictly
+# ---------------------------------------------------------------------------------------------
+
+def _kuberay_documents() -> list[tuple[str, dict]]:
+    return [(f"{p.name}:{d['kind']}", d) for p in KUBERAY_FILES for d in _docs(p)
+            if d.get("apiVersion", "").startswith("ray.io/")]
+
+
+@pytest.mark.parametrize("where,doc", _kuberay_documents(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_kuberay_documents_validate_against_the_crd_schema(where, doc):
+    assert doc["apiVersion"] == "ray.io/v1", where
+    assert doc["kind"] in SCHEMA_FILES, f"{where}: no vendored KubeRay schema for {doc['kind']}"
+    errors = schema_errors(doc)
+    assert not errors, f"{where} is not a valid {doc['kind']} for KubeRay {KUBERAY_VERSION}:\n" + \
+        "\n".join(errors)
+
+
+def test_the_kuberay_documents_are_the_cluster_and_the_job():
+    assert sorted(where for where, _ in _kuberay_documents()) == \
+        ["raycluster.yaml:RayCluster", "rayjob.yaml:RayJob"]
+
+
+def test_the_schema_check_refuses_unknown_fields_and_wrong_types():
+    rc = _kind(CLUSTER / "kuberay" / "raycluster.yaml", "RayCluster")
+    container = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container["imagePullPolcy"] = "Always"                           # a typo, deep in a pod
+    rc["spec"]["workerGroupSpecs"][0]["replicas"] = "2"               # a string for an int32
+    rc["spec"]["autoscalerOptions"]["upscalingMode"] = "Fast"         # not in the enum
+    rc["metadata"]["label"] = {"a": "b"}                              # not ObjectMeta
+    rc["spec"]["rayStartParams"] = {"num-cpus": "1"}                  # head-only field at the top
+    errors = "\n".join(schema_errors(rc))
+    for fragment in ("imagePullPolcy", "workerGroupSpecs.0.replicas", "upscalingMode",
+                     "'label' was unexpected", "'rayStartParams' was unexpected"):
+        assert fragment in errors, f"{fragment!r} not reported in:\n{errors}"
+    rj = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")
+    rj["spec"]["submitterConfig"]["backofLimit"] = 2
+    assert any("backofLimit" in e for e in schema_errors(rj))
 
 
 # ---------------------------------------------------------------------------------------------
