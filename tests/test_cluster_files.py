@@ -237,7 +237,34 @@ def test_gcp_uses_expected_machine_families():
     assert types["cpu-decode"]["node_config"]["machineType"].startswith("n2-")
     gpu = types["gpu-train"]["node_config"]
     assert gpu["machineType"].startswith(("a2-", "a3-", "g2-")) or gpu.get("guestAccelerators")
-    assert {"onHostMaintenance": "TERMINATE"} in gpu["scheduling"]
+
+
+# Fields of the Compute API's Scheduling object (compute/docs/reference/rest/v1/instances).
+GCE_SCHEDULING_FIELDS = {
+    "onHostMaintenance", "automaticRestart", "preemptible", "nodeAffinities", "minNodeCpus",
+    "locationHint", "availabilityDomain", "provisioningModel", "instanceTerminationAction",
+    "localSsdRecoveryTimeout", "maxRunDuration", "terminationTime", "onInstanceStopAction",
+}
+
+
+def test_gcp_scheduling_is_the_compute_api_object():
+    """The launcher sends node_config as the instances.insert body: `scheduling` is one object
+    (ray-project/ray#46248: Ray's own examples once gave a list). GPU VMs cannot live-migrate, and
+    preemptible or Spot VMs can neither migrate nor restart automatically."""
+    types = yaml.safe_load((CLUSTER / "gcp.yaml").read_text())["available_node_types"]
+    for name, node_type in types.items():
+        config = node_type["node_config"]
+        scheduling = config.get("scheduling", {})
+        assert isinstance(scheduling, dict), f"{name}: scheduling must be a mapping: {scheduling!r}"
+        assert set(scheduling) <= GCE_SCHEDULING_FIELDS, set(scheduling) - GCE_SCHEDULING_FIELDS
+        gpu = config["machineType"].startswith(("a2-", "a3-", "g2-")) \
+            or bool(config.get("guestAccelerators"))
+        spot = scheduling.get("preemptible") or scheduling.get("provisioningModel") == "SPOT"
+        if gpu or spot:
+            assert scheduling.get("onHostMaintenance") == "TERMINATE", name
+        if spot:
+            assert scheduling.get("automaticRestart") is False, name
+    assert types["gpu-train"]["node_config"]["scheduling"]["onHostMaintenance"] == "TERMINATE"
 
 
 @pytest.mark.parametrize("name", sorted(LAUNCHERS))
