@@ -16,7 +16,20 @@ from pipelines.cluster_config import DECODE_RESOURCE, reject_inline_credentials
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 CONFIGS = ROOT / "configs"
-IMAGE = "ghcr.io/aim-video/aim-video:0.1.0"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+PIN_LINES = [line.split("#", 1)[0].strip()
+             for line in (ROOT / "constraints.txt").read_text().splitlines()
+             if line.split("#", 1)[0].strip()]
+PINS = {_normalise(line.partition("==")[0]): line.partition("==")[2] for line in PIN_LINES}
+RAY_VERSION = PINS["ray"]
+IMAGE_TAG = f"{PYPROJECT['project']['version']}-ray{RAY_VERSION}"
+IMAGE = f"ghcr.io/aim-video/aim-video:{IMAGE_TAG}"
 
 YAML_FILES = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
 KUBERAY_FILES = sorted((CLUSTER / "kuberay").glob("*.yaml"))
@@ -57,6 +70,8 @@ def test_yaml_parses(path):
 # ---------------------------------------------------------------------------------------------
 
 def _check_ray_cluster_spec(spec: dict, where: str) -> None:
+    assert spec["rayVersion"] == RAY_VERSION, \
+        f"{where}: rayVersion {spec['rayVersion']!r} but constraints.txt pins ray=={RAY_VERSION}"
     assert spec["enableInTreeAutoscaling"] is True, where
     assert spec.get("authOptions", {}).get("mode") == "token", where
     head = spec["headGroupSpec"]
@@ -337,7 +352,7 @@ def test_no_inline_secret_fields(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dockerfile installs exactly pyproject's dependency set
+# Dockerfile installs pyproject's dependency set at constraints.txt's versions
 # ---------------------------------------------------------------------------------------------
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
@@ -353,27 +368,91 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def test_dockerfile_installs_pyproject_dependency_set():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    deps = pyproject["project"]["dependencies"]
-    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+def test_dockerfile_installs_pyproject_dependency_set_at_the_pinned_versions():
+    deps = PYPROJECT["project"]["dependencies"]
+    packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     instructions = _dockerfile_instructions()
     base = next(rest for op, rest in instructions if op == "FROM")
     assert base.startswith(("python:3.11", "nvidia/cuda")), base
     copies = [rest for op, rest in instructions if op == "COPY"]
     runs = [rest for op, rest in instructions if op == "RUN"]
-    assert any("pyproject.toml" in c.split() for c in copies), "pyproject must be copied"
+    for name in ("pyproject.toml", "constraints.txt"):
+        assert any(name in c.split() for c in copies), f"{name} must be copied"
     for pkg in (p.rstrip("*") for p in packages):
         assert any(c.split()[0] == pkg for c in copies), f"package {pkg} not copied"
-    pip_cmds = [part.strip() for r in runs for part in r.split("&&") if re.search(r"\bpip3? install\b", part)]
-    assert any(re.fullmatch(r"(python3? -m )?pip3? install (--no-cache-dir )?\.", c) for c in pip_cmds), \
-        f"expected `pip install .`, got {pip_cmds}"
-    # Nothing else is pip-installed, so the image's set is exactly pyproject's [project].dependencies.
+    pip_cmds = [part.strip() for r in runs for part in r.split("&&")
+                if re.search(r"\bpip3? install\b", part)]
+    pinned_install = r"(python3? -m )?pip3? install (--no-cache-dir )?-c constraints\.txt \."
+    assert any(re.fullmatch(pinned_install, c) for c in pip_cmds), \
+        f"expected `pip install -c constraints.txt .`, got {pip_cmds}"
+    # Nothing else is pip-installed: the image's set is pyproject's [project].dependencies, pinned.
     assert len(pip_cmds) == 1, pip_cmds
     names = {re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower() for d in deps}
     assert {"torch", "ray", "av", "mlflow", "pyarrow"} <= names
+    ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!constraints.txt" in ignore, "the build context must include constraints.txt"
 
 
 def test_dockerfile_runs_as_non_root():
     users = [rest for op, rest in _dockerfile_instructions() if op == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0")
+
+
+# ---------------------------------------------------------------------------------------------
+# One Ray version: constraints.txt, the manifests' rayVersion, the image tag; CI installs the pins
+# ---------------------------------------------------------------------------------------------
+
+def _requirement_name(requirement: str) -> str:
+    return _normalise(re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0])
+
+
+def test_constraints_pin_every_dependency_and_agree_with_pyproject():
+    loose = [line for line in PIN_LINES if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*==[\w.+!]+", line)]
+    assert not loose, f"constraints.txt: expected name==version lines, got {loose}"
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"].values()
+    requirements = project["dependencies"] + [r for extra in extras for r in extra]
+    unpinned = [r for r in requirements if _requirement_name(r) not in PINS]
+    assert not unpinned, f"constraints.txt pins no version of {unpinned}: regenerate it (header)"
+    for requirement in requirements:
+        exact = re.search(r"==\s*([^\s,;]+)", requirement)
+        if exact:
+            assert PINS[_requirement_name(requirement)] == exact.group(1), requirement
+    assert (PINS["torch"], PINS["torchvision"]) == ("2.14.1", "0.29.1")
+
+
+def _values(node, key: str) -> list:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == key] + \
+            [x for v in node.values() for x in _values(v, key)]
+    if isinstance(node, list):
+        return [x for v in node for x in _values(v, key)]
+    return []
+
+
+def test_ray_version_image_tag_and_pin_agree():
+    """Every rayVersion is the pinned Ray; every image is <version>-ray<pinned Ray>, in the
+    manifests, the launcher configs and every mention in the docs and comments."""
+    kuberay = [d for p in KUBERAY_FILES for d in _docs(p)]
+    assert set(_values(kuberay, "rayVersion")) == {RAY_VERSION}
+    assert len(_values(kuberay, "rayVersion")) == 2, "raycluster.yaml and rayjob.yaml"
+    launchers = [yaml.safe_load((CLUSTER / name).read_text()) for name in LAUNCHERS]
+    images = _values(kuberay, "image") + [cfg["docker"]["image"] for cfg in launchers]
+    assert images and set(images) == {IMAGE}, set(images)
+    texts = [p for p in CLUSTER.rglob("*") if p.is_file()] + [ROOT / "README.md"]
+    for path in texts:
+        for tag in re.findall(r"aim-video:([A-Za-z0-9][\w.\-]*)", path.read_text()):
+            assert tag == IMAGE_TAG, f"{path.relative_to(ROOT)}: image tag {tag!r}, " \
+                f"expected {IMAGE_TAG!r} (pyproject version + constraints.txt's Ray)"
+
+
+def test_ci_runs_the_readme_test_command_which_installs_the_pins():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    commands = [line for line in section.splitlines() if line.startswith("python3.11 -m venv")]
+    assert len(commands) == 2, commands
+    for command in commands:
+        assert ".venv/bin/pip install -q -c constraints.txt -e '.[test]'" in command, command
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == commands[1], "CI runs exactly README's test command"
