@@ -11,6 +11,7 @@ import pytest
 import yaml
 from kuberay_crds import KUBERAY_VERSION, SCHEMA_FILES, schema_errors
 
+from aim_core.config import Config
 from pipelines.cluster_config import DECODE_RESOURCE, reject_inline_credentials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,12 +102,15 @@ def _check_ray_cluster_spec(spec: dict, where: str) -> None:
     decode = groups["cpu-decode"]["rayStartParams"]
     assert decode.get("num-gpus") == "0"
     assert DECODE_RESOURCE in decode.get("resources", ""), "ingest targets CPU nodes by this resource"
-    # MLFLOW_TRACKING_URI comes from a ConfigMap/Secret reference, never an inline value.
+    # The ConfigMap's settings reach every Ray container by reference, never as inline values.
+    settings = _configmap()["data"]
     for pod in [head, *groups.values()]:
         for c in _containers(pod):
             env = {e["name"]: e for e in c.get("env", [])}
-            assert "valueFrom" in env["MLFLOW_TRACKING_URI"], where
-            assert "configMapKeyRef" in env["MLFLOW_TRACKING_URI"]["valueFrom"]
+            for name in ("MLFLOW_TRACKING_URI", "AIM_STORAGE_PATH"):
+                ref = env[name]["valueFrom"]["configMapKeyRef"]
+                assert ref == {"name": "aim-video-config", "key": name}, (where, name)
+                assert name in settings, f"common.yaml's ConfigMap has no {name}"
             for name, e in env.items():
                 if "PASSWORD" in name or "TOKEN" in name or "SECRET" in name:
                     assert "value" not in e and "secretKeyRef" in e["valueFrom"], name
@@ -137,9 +141,7 @@ def test_rayjob_manifest():
     argv = shlex.split(spec["entrypoint"])
     assert argv[:2] == ["aim-video", "train"]
     assert argv[2].startswith("configs/") and argv[2].endswith(".yaml")
-    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    storage = [s.split("=", 1)[1] for s in sets if s.startswith("run.storage_path=")]
-    assert storage and re.match(r"^(s3|gs)://[^/]+/.+", storage[0]), "shared storage in entrypoint"
+    assert not any(a.startswith("run.storage_path=") for a in argv), "from AIM_STORAGE_PATH"
     assert "--register" in argv
     assert spec["submissionMode"] in ("K8sJobMode", "HTTPMode", "SidecarMode")
     assert spec["shutdownAfterJobFinishes"] is True
@@ -154,14 +156,20 @@ def test_rayjob_manifest():
         assert spec["rayClusterSpec"] == rc["spec"], "keep rayjob.yaml's cluster in sync with raycluster.yaml"
 
 
+def _configmap() -> dict:
+    return _kind(CLUSTER / "kuberay" / "common.yaml", "ConfigMap")
+
+
 def test_common_objects_referenced_exist():
     docs = _docs(CLUSTER / "kuberay" / "common.yaml")
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("ConfigMap", "aim-video-config") in kinds
     assert ("ServiceAccount", "aim-video") in kinds
     assert not any(d["kind"] == "Secret" for d in docs), "Secrets are created out of band"
-    cm = next(d for d in docs if d["kind"] == "ConfigMap")
-    assert "MLFLOW_TRACKING_URI" in cm["data"]
+    data = _configmap()["data"]
+    assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings"
+    assert "MLFLOW_TRACKING_URI" in data
+    assert re.match(r"^(s3|gs)://[^/]+/.+|^/", data["AIM_STORAGE_PATH"]), "a URI or an absolute path"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +211,34 @@ def test_the_schema_check_refuses_unknown_fields_and_wrong_types():
     rj = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")
     rj["spec"]["submitterConfig"]["backofLimit"] = 2
     assert any("backofLimit" in e for e in schema_errors(rj))
+
+
+# ---------------------------------------------------------------------------------------------
+# The RayJob's entrypoint reaches the ConfigMap's data set and storage
+# ---------------------------------------------------------------------------------------------
+
+def test_aim_storage_path_is_the_default_storage_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIM_STORAGE_PATH", "s3://bucket/runs")
+    preset = CONFIGS / "k400_vitb16_8f.yaml"
+    assert Config.from_dict({}).run.storage_path == "s3://bucket/runs"
+    assert Config.load(preset).run.storage_path == "s3://bucket/runs"
+    assert Config.load(preset, ["run.storage_path=gs://b/other"]).run.storage_path == "gs://b/other"
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("run:\n  storage_path: /mnt/nfs/runs\n")
+    assert Config.load(explicit).run.storage_path == "/mnt/nfs/runs"
+    # The demo keeps its results next to its local data set, wherever it runs.
+    assert Config.load(ROOT / "pipelines" / "demo.yaml").run.storage_path == "aim_runs"
+    monkeypatch.setenv("AIM_STORAGE_PATH", " ")
+    assert Config.from_dict({}).run.storage_path == "aim_runs"
+    monkeypatch.delenv("AIM_STORAGE_PATH")
+    assert Config.from_dict({}).run.storage_path == "aim_runs"
+
+
+def test_no_preset_hides_aim_storage_path():
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        run = (yaml.safe_load(path.read_text()) or {}).get("run") or {}
+        assert "storage_path" not in run, f"{path.relative_to(ROOT)} sets run.storage_path, " \
+            "so $AIM_STORAGE_PATH would never apply to it"
 
 
 # ---------------------------------------------------------------------------------------------
