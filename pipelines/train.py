@@ -26,7 +26,7 @@ from aim_core.config import Config
 from aim_core.storage import Location, is_uri, join
 
 from . import ingest, plots, registry, tracking
-from .cluster_config import check_storage, dashboard_host, train_scaling
+from .cluster_config import check_data_location, check_storage, dashboard_host, train_scaling
 from .train_worker import EVAL_COLUMNS, EVAL_FILE, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
     """
     from aim_core.accounting import model_cost
 
+    check_data_location(cfg)
     cfg = absolute_paths(cfg)
     storage = cfg.run.storage_path
     check_storage(storage)

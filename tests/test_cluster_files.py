@@ -1,9 +1,20 @@
-"""The cluster/ deliverables parse and carry what they need (fast; no cluster, no network)."""
+"""The cluster/ deliverables parse, validate and run as written (fast; no cluster, no network).
+
+- every KubeRay document validates strictly against KubeRay's own CRD schemas (tests/schemas/);
+- the RayJob's entrypoint, through the shells it passes on the way to the driver, loads a config
+  whose data location and storage path come from the aim-video-config ConfigMap;
+- the Ray version of constraints.txt (what the image and CI install) is the manifests' rayVersion
+  and part of the image tag everywhere.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -12,7 +23,14 @@ import yaml
 from kuberay_crds import KUBERAY_VERSION, SCHEMA_FILES, schema_errors
 
 from aim_core.config import Config
-from pipelines.cluster_config import DECODE_RESOURCE, reject_inline_credentials
+from pipelines.cli import build_parser
+from pipelines.cluster_config import (
+    DATA_PATH_FIELDS,
+    DECODE_RESOURCE,
+    RAY_JOB_DRIVER_ENV,
+    check_data_location,
+    reject_inline_credentials,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -107,7 +125,7 @@ def _check_ray_cluster_spec(spec: dict, where: str) -> None:
     for pod in [head, *groups.values()]:
         for c in _containers(pod):
             env = {e["name"]: e for e in c.get("env", [])}
-            for name in ("MLFLOW_TRACKING_URI", "AIM_STORAGE_PATH"):
+            for name in ("MLFLOW_TRACKING_URI", "AIM_DATA_ROOT", "AIM_STORAGE_PATH"):
                 ref = env[name]["valueFrom"]["configMapKeyRef"]
                 assert ref == {"name": "aim-video-config", "key": name}, (where, name)
                 assert name in settings, f"common.yaml's ConfigMap has no {name}"
@@ -138,8 +156,10 @@ def test_rayjob_manifest():
     rj = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")
     assert rj["apiVersion"] == "ray.io/v1"
     spec = rj["spec"]
-    argv = shlex.split(spec["entrypoint"])
-    assert argv[:2] == ["aim-video", "train"]
+    shell, flag, script = shlex.split(spec["entrypoint"])      # sh -c '...': expands on the head
+    argv = shlex.split(script)
+    assert (shell, flag, argv[:3]) == ("sh", "-c", ["exec", "aim-video", "train"])
+    argv = argv[1:]
     assert argv[2].startswith("configs/") and argv[2].endswith(".yaml")
     assert not any(a.startswith("run.storage_path=") for a in argv), "from AIM_STORAGE_PATH"
     assert "--register" in argv
@@ -169,7 +189,11 @@ def test_common_objects_referenced_exist():
     data = _configmap()["data"]
     assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings"
     assert "MLFLOW_TRACKING_URI" in data
-    assert re.match(r"^(s3|gs)://[^/]+/.+|^/", data["AIM_STORAGE_PATH"]), "a URI or an absolute path"
+    for name in ("AIM_DATA_ROOT", "AIM_STORAGE_PATH"):
+        assert re.match(r"^(s3|gs)://[^/]+/.+|^/", data[name]), f"{name}: a URI or an absolute path"
+    text = (CLUSTER / "kuberay" / "common.yaml").read_text()
+    comment_above = text[:text.index("\n  AIM_DATA_ROOT:")].rsplit("\ndata:", 1)[1]
+    assert "EDIT THIS" in comment_above, "the data location is marked as the value to edit"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +240,84 @@ def test_the_schema_check_refuses_unknown_fields_and_wrong_types():
 # ---------------------------------------------------------------------------------------------
 # The RayJob's entrypoint reaches the ConfigMap's data set and storage
 # ---------------------------------------------------------------------------------------------
+
+def _shell_words(command: str, env: dict[str, str]) -> list[str]:
+    """The words bash makes of ``command`` (expansion, quote removal, field splitting)."""
+    script = f'set -- {command}\nprintf "%s\\0" "$@"'
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split("\0")[:-1]
+
+
+def driver_argv(entrypoint: str, pod_env: dict[str, str], probe_dir: Path, mode: str) -> list[str]:
+    """The arguments ``aim-video`` gets from a RayJob's entrypoint, through the real shells:
+
+    - K8sJobMode: KubeRay's submitter pod runs ``/bin/bash -ce -- "... ray job submit ... --
+      <entrypoint> ;"`` (kuberay ray-operator/controllers/ray/common/job.go, BuildJobSubmitCommand)
+      without the ConfigMap's settings; ``ray job submit`` sends ``shlex.join`` of the words it
+      got (ray/dashboard/modules/job/cli.py);
+    - HTTPMode: the operator sends the entrypoint as it is;
+    - either way Ray's job supervisor runs it as ``Popen(entrypoint, shell=True)`` on the head,
+      in the head pod's environment (ConfigMap settings included).
+
+    ``probe_dir`` holds an ``aim-video`` that prints its arguments: what the shells hand over.
+    """
+    probe = probe_dir / "aim-video"
+    probe.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    probe.chmod(0o755)
+    path = {"PATH": f"{probe_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    submitted = shlex.join(_shell_words(entrypoint, path)) if mode == "K8sJobMode" else entrypoint
+    done = subprocess.run(["/bin/sh", "-c", submitted], env={**path, **pod_env},
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def _job_config(entrypoint: str, tmp_path: Path, monkeypatch, mode: str = "K8sJobMode") -> Config:
+    """The config ``aim-video train`` loads on the head from ``entrypoint``: the image's files
+    (its working folder has this checkout's layout) and the ``--set`` values, in the pod's env."""
+    settings = _configmap()["data"]
+    args = build_parser().parse_args(driver_argv(entrypoint, settings, tmp_path, mode))
+    assert args.command == "train"
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return Config.load(ROOT / args.config, args.overrides)
+
+
+def test_the_image_runs_the_job_in_a_folder_with_the_configs():
+    rj = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")
+    workdir = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])["working_dir"]
+    instructions = _dockerfile_instructions()
+    assert ("WORKDIR", workdir) in instructions
+    assert ("COPY", "configs ./configs") in instructions
+
+
+@pytest.mark.parametrize("mode", ["K8sJobMode", "HTTPMode"])
+def test_the_rayjob_entrypoint_reaches_the_configmaps_data_and_storage(mode, tmp_path, monkeypatch):
+    spec = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")["spec"]
+    cfg = _job_config(spec["entrypoint"], tmp_path, monkeypatch, mode)
+    settings = _configmap()["data"]
+    root = settings["AIM_DATA_ROOT"]
+    assert cfg.data.format == "kinetics_csv"
+    assert (cfg.data.root, cfg.data.train_annotations, cfg.data.val_annotations) == \
+        (f"{root}/videos", f"{root}/annotations/train.csv", f"{root}/annotations/validate.csv")
+    for name in DATA_PATH_FIELDS:
+        value = getattr(cfg.data, name)
+        assert value is None or value.startswith(root), f"data.{name}: {value!r} not under {root}"
+    assert cfg.run.storage_path == settings["AIM_STORAGE_PATH"]
+    assert (cfg.run.name, cfg.run.num_workers, cfg.run.use_gpu) == ("k400-vitb16-8f", 8, True)
+    # What the driver checks before anything starts: a job on a cluster, with absolute/URI paths.
+    check_data_location(cfg, environ={RAY_JOB_DRIVER_ENV: "{}", "RAY_ADDRESS": "10.0.0.2:6379"})
+
+
+def test_without_the_driver_shell_the_data_root_vanishes_in_the_submitter(tmp_path, monkeypatch):
+    """Why the entrypoint is `sh -c '...'`: given bare, $AIM_DATA_ROOT is expanded by the
+    submitter pod's bash, which does not have it, and the driver gets `/videos`."""
+    spec = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")["spec"]
+    shell, flag, script = shlex.split(spec["entrypoint"])
+    assert (shell, flag) == ("sh", "-c") and script.startswith("exec aim-video ")
+    cfg = _job_config(script.removeprefix("exec "), tmp_path, monkeypatch)
+    assert cfg.data.root == "/videos"
+
 
 def test_aim_storage_path_is_the_default_storage_path(monkeypatch, tmp_path):
     monkeypatch.setenv("AIM_STORAGE_PATH", "s3://bucket/runs")
