@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -210,12 +211,25 @@ class OptimConfig:
                self.eval_batch_size)
 
 
+STORAGE_PATH_ENV = "AIM_STORAGE_PATH"
+DEFAULT_STORAGE_PATH = "aim_runs"
+
+
+def default_storage_path() -> str:
+    """``$AIM_STORAGE_PATH`` when set (the cluster manifests set it in every pod), else aim_runs.
+
+    A config file's or ``--set``'s ``run.storage_path`` always wins: this is only the default.
+    """
+    return os.environ.get(STORAGE_PATH_ENV, "").strip() or DEFAULT_STORAGE_PATH
+
+
 @dataclass
 class RunConfig:
     """Where results go and what resources each stage asks Ray for."""
 
     name: str = "aim-run"
-    storage_path: str = "aim_runs"          # local folder, s3://, gs:// or an NFS mount
+    # local folder, s3://, gs:// or an NFS mount; default: $AIM_STORAGE_PATH, else aim_runs
+    storage_path: str = field(default_factory=default_storage_path)
     num_workers: int = 1
     use_gpu: bool | None = None             # None: use GPUs when the cluster has them
     cpus_per_worker: float = 1.0

@@ -1,4 +1,5 @@
-"""Checks that run before any Ray work: storage that can hold a run, configs free of secrets.
+"""Checks that run before any Ray work: storage that can hold a run, data paths every node can
+read, configs free of secrets.
 
 A wrong storage path or a credential pasted into a config fails in seconds with a message that says
 what to do, instead of after an hour of decoding. Importable without Ray (``pyarrow`` is imported
@@ -11,13 +12,15 @@ import dataclasses
 import datetime
 import os
 import re
+import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from aim_core.storage import scheme
+from aim_core.config import Config, ConfigError
+from aim_core.storage import is_uri, scheme
 
 _CREDENTIAL_HINT = (
     "credentials come from the environment or the provider's default chain (AWS: AWS_PROFILE / "
@@ -33,6 +36,10 @@ class StorageError(RuntimeError):
 
 class InlineCredentialsError(ValueError):
     """A configuration carries a secret (key, password, token) inline."""
+
+
+class DataLocationError(ConfigError):
+    """A data path is relative where the driver's working folder is not where the data is."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,6 +179,56 @@ def _s3_filesystem(pafs: Any, bucket: str, query: dict[str, list[str]], timeout_
         request_timeout=max(1.0, timeout_s - connect),
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Data location
+# ----------------------------------------------------------------------------------------------
+
+# Set by Ray's job supervisor in the environment of a job's entrypoint (and nowhere else), see
+# ray/dashboard/modules/job/job_supervisor.py: _get_driver_env_vars.
+RAY_JOB_DRIVER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+DATA_PATH_FIELDS = ("root", "train_annotations", "val_annotations", "labels_file", "shards_dir")
+
+
+def shared_data_reason(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why this run's data paths must mean the same on every node, or ``None`` on one machine.
+
+    A job's driver runs in Ray's copy of the job's working_dir, and a multi-node cluster's decode
+    tasks run on other machines: there a relative path names nothing the user meant. KubeRay sets
+    ``RAY_ADDRESS`` in every pod, so joining a cluster that way counts even while only its head
+    is up (an autoscaler adds the nodes that will read the data later).
+    """
+    env = os.environ if environ is None else environ
+    if RAY_JOB_DRIVER_ENV in env:
+        return "this runs as a Ray job (ray job submit, a KubeRay RayJob)"
+    address = env.get("RAY_ADDRESS", "").strip()
+    if address and address != "local":
+        return f"this joins the Ray cluster at RAY_ADDRESS={address}"
+    ray = sys.modules.get("ray")   # connected already (e.g. ray.init(address=...)): count its nodes
+    if ray is not None and ray.is_initialized():
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        if nodes > 1:
+            return f"the Ray cluster this runs on has {nodes} nodes"
+    return None
+
+
+def check_data_location(cfg: Config, environ: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`DataLocationError` naming the first relative ``data.*`` path, when
+    :func:`shared_data_reason` says the run needs paths every node shares.
+
+    Absolute paths (``~`` expanded) and URIs (``s3://``, ``gs://``) pass; so does everything on a
+    laptop, where :func:`pipelines.runtime.absolute_paths` resolves relative paths on the driver.
+    """
+    reason = shared_data_reason(environ)
+    if reason is None:
+        return
+    for name in DATA_PATH_FIELDS:
+        value = getattr(cfg.data, name)
+        if value and not is_uri(value) and not os.path.isabs(os.path.expanduser(value)):
+            raise DataLocationError(
+                f"data.{name}: {value!r} is a relative path, but {reason}; give an absolute path "
+                "that every node mounts or a bucket URI (s3://..., gs://...)")
 
 
 # ----------------------------------------------------------------------------------------------

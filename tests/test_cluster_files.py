@@ -1,24 +1,57 @@
-"""The cluster/ deliverables parse and carry what they need (fast; no cluster, no network)."""
+"""The cluster/ deliverables parse, validate and run as written (fast; no cluster, no network).
+
+- every KubeRay document validates strictly against KubeRay's own CRD schemas (tests/schemas/);
+- the RayJob's entrypoint, through the shells it passes on the way to the driver, loads a config
+  whose data location and storage path come from the aim-video-config ConfigMap;
+- the Ray version of constraints.txt (what the image and CI install) is the manifests' rayVersion
+  and part of the image tag everywhere.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from kuberay_crds import KUBERAY_VERSION, SCHEMA_FILES, schema_errors
 
-from pipelines.preflight import reject_inline_credentials
+from aim_core.config import Config
+from pipelines.cli import build_parser
+from pipelines.preflight import (
+    DATA_PATH_FIELDS,
+    RAY_JOB_DRIVER_ENV,
+    check_data_location,
+    reject_inline_credentials,
+)
 from pipelines.resources import DECODE_RESOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 CONFIGS = ROOT / "configs"
-IMAGE = "ghcr.io/aim-video/aim-video:0.1.0"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+PIN_LINES = [line.split("#", 1)[0].strip()
+             for line in (ROOT / "constraints.txt").read_text().splitlines()
+             if line.split("#", 1)[0].strip()]
+PINS = {_normalise(line.partition("==")[0]): line.partition("==")[2] for line in PIN_LINES}
+RAY_VERSION = PINS["ray"]
+IMAGE_TAG = f"{PYPROJECT['project']['version']}-ray{RAY_VERSION}"
+IMAGE = f"ghcr.io/aim-video/aim-video:{IMAGE_TAG}"
 
 YAML_FILES = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
+KUBERAY_FILES = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 
 
 def _docs(path: Path) -> list:
@@ -56,6 +89,8 @@ def test_yaml_parses(path):
 # ---------------------------------------------------------------------------------------------
 
 def _check_ray_cluster_spec(spec: dict, where: str) -> None:
+    assert spec["rayVersion"] == RAY_VERSION, \
+        f"{where}: rayVersion {spec['rayVersion']!r} but constraints.txt pins ray=={RAY_VERSION}"
     assert spec["enableInTreeAutoscaling"] is True, where
     assert spec.get("authOptions", {}).get("mode") == "token", where
     head = spec["headGroupSpec"]
@@ -85,12 +120,15 @@ def _check_ray_cluster_spec(spec: dict, where: str) -> None:
     decode = groups["cpu-decode"]["rayStartParams"]
     assert decode.get("num-gpus") == "0"
     assert DECODE_RESOURCE in decode.get("resources", ""), "ingest targets CPU nodes by this resource"
-    # MLFLOW_TRACKING_URI comes from a ConfigMap/Secret reference, never an inline value.
+    # The ConfigMap's settings reach every Ray container by reference, never as inline values.
+    settings = _configmap()["data"]
     for pod in [head, *groups.values()]:
         for c in _containers(pod):
             env = {e["name"]: e for e in c.get("env", [])}
-            assert "valueFrom" in env["MLFLOW_TRACKING_URI"], where
-            assert "configMapKeyRef" in env["MLFLOW_TRACKING_URI"]["valueFrom"]
+            for name in ("MLFLOW_TRACKING_URI", "AIM_DATA_ROOT", "AIM_STORAGE_PATH"):
+                ref = env[name]["valueFrom"]["configMapKeyRef"]
+                assert ref == {"name": "aim-video-config", "key": name}, (where, name)
+                assert name in settings, f"common.yaml's ConfigMap has no {name}"
             for name, e in env.items():
                 if "PASSWORD" in name or "TOKEN" in name or "SECRET" in name:
                     assert "value" not in e and "secretKeyRef" in e["valueFrom"], name
@@ -118,12 +156,12 @@ def test_rayjob_manifest():
     rj = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")
     assert rj["apiVersion"] == "ray.io/v1"
     spec = rj["spec"]
-    argv = shlex.split(spec["entrypoint"])
-    assert argv[:2] == ["aim-video", "train"]
+    shell, flag, script = shlex.split(spec["entrypoint"])      # sh -c '...': expands on the head
+    argv = shlex.split(script)
+    assert (shell, flag, argv[:3]) == ("sh", "-c", ["exec", "aim-video", "train"])
+    argv = argv[1:]
     assert argv[2].startswith("configs/") and argv[2].endswith(".yaml")
-    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    storage = [s.split("=", 1)[1] for s in sets if s.startswith("run.storage_path=")]
-    assert storage and re.match(r"^(s3|gs)://[^/]+/.+", storage[0]), "shared storage in entrypoint"
+    assert not any(a.startswith("run.storage_path=") for a in argv), "from AIM_STORAGE_PATH"
     assert "--register" in argv
     assert spec["submissionMode"] in ("K8sJobMode", "HTTPMode", "SidecarMode")
     assert spec["shutdownAfterJobFinishes"] is True
@@ -138,14 +176,171 @@ def test_rayjob_manifest():
         assert spec["rayClusterSpec"] == rc["spec"], "keep rayjob.yaml's cluster in sync with raycluster.yaml"
 
 
+def _configmap() -> dict:
+    return _kind(CLUSTER / "kuberay" / "common.yaml", "ConfigMap")
+
+
 def test_common_objects_referenced_exist():
     docs = _docs(CLUSTER / "kuberay" / "common.yaml")
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("ConfigMap", "aim-video-config") in kinds
     assert ("ServiceAccount", "aim-video") in kinds
     assert not any(d["kind"] == "Secret" for d in docs), "Secrets are created out of band"
-    cm = next(d for d in docs if d["kind"] == "ConfigMap")
-    assert "MLFLOW_TRACKING_URI" in cm["data"]
+    data = _configmap()["data"]
+    assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings"
+    assert "MLFLOW_TRACKING_URI" in data
+    for name in ("AIM_DATA_ROOT", "AIM_STORAGE_PATH"):
+        assert re.match(r"^(s3|gs)://[^/]+/.+|^/", data[name]), f"{name}: a URI or an absolute path"
+    text = (CLUSTER / "kuberay" / "common.yaml").read_text()
+    comment_above = text[:text.index("\n  AIM_DATA_ROOT:")].rsplit("\ndata:", 1)[1]
+    assert "EDIT THIS" in comment_above, "the data location is marked as the value to edit"
+
+
+# ---------------------------------------------------------------------------------------------
+# KubeRay's own CRD schemas, strictly
+# ---------------------------------------------------------------------------------------------
+
+def _kuberay_documents() -> list[tuple[str, dict]]:
+    return [(f"{p.name}:{d['kind']}", d) for p in KUBERAY_FILES for d in _docs(p)
+            if d.get("apiVersion", "").startswith("ray.io/")]
+
+
+@pytest.mark.parametrize("where,doc", _kuberay_documents(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_kuberay_documents_validate_against_the_crd_schema(where, doc):
+    assert doc["apiVersion"] == "ray.io/v1", where
+    assert doc["kind"] in SCHEMA_FILES, f"{where}: no vendored KubeRay schema for {doc['kind']}"
+    errors = schema_errors(doc)
+    assert not errors, f"{where} is not a valid {doc['kind']} for KubeRay {KUBERAY_VERSION}:\n" + \
+        "\n".join(errors)
+
+
+def test_the_kuberay_documents_are_the_cluster_and_the_job():
+    assert sorted(where for where, _ in _kuberay_documents()) == \
+        ["raycluster.yaml:RayCluster", "rayjob.yaml:RayJob"]
+
+
+def test_the_schema_check_refuses_unknown_fields_and_wrong_types():
+    rc = _kind(CLUSTER / "kuberay" / "raycluster.yaml", "RayCluster")
+    container = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container["imagePullPolcy"] = "Always"                           # a typo, deep in a pod
+    rc["spec"]["workerGroupSpecs"][0]["replicas"] = "2"               # a string for an int32
+    rc["spec"]["autoscalerOptions"]["upscalingMode"] = "Fast"         # not in the enum
+    rc["metadata"]["label"] = {"a": "b"}                              # not ObjectMeta
+    rc["spec"]["rayStartParams"] = {"num-cpus": "1"}                  # head-only field at the top
+    errors = "\n".join(schema_errors(rc))
+    for fragment in ("imagePullPolcy", "workerGroupSpecs.0.replicas", "upscalingMode",
+                     "'label' was unexpected", "'rayStartParams' was unexpected"):
+        assert fragment in errors, f"{fragment!r} not reported in:\n{errors}"
+    rj = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")
+    rj["spec"]["submitterConfig"]["backofLimit"] = 2
+    assert any("backofLimit" in e for e in schema_errors(rj))
+
+
+# ---------------------------------------------------------------------------------------------
+# The RayJob's entrypoint reaches the ConfigMap's data set and storage
+# ---------------------------------------------------------------------------------------------
+
+def _shell_words(command: str, env: dict[str, str]) -> list[str]:
+    """The words bash makes of ``command`` (expansion, quote removal, field splitting)."""
+    script = f'set -- {command}\nprintf "%s\\0" "$@"'
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.split("\0")[:-1]
+
+
+def driver_argv(entrypoint: str, pod_env: dict[str, str], probe_dir: Path, mode: str) -> list[str]:
+    """The arguments ``aim-video`` gets from a RayJob's entrypoint, through the real shells:
+
+    - K8sJobMode: KubeRay's submitter pod runs ``/bin/bash -ce -- "... ray job submit ... --
+      <entrypoint> ;"`` (kuberay ray-operator/controllers/ray/common/job.go, BuildJobSubmitCommand)
+      without the ConfigMap's settings; ``ray job submit`` sends ``shlex.join`` of the words it
+      got (ray/dashboard/modules/job/cli.py);
+    - HTTPMode: the operator sends the entrypoint as it is;
+    - either way Ray's job supervisor runs it as ``Popen(entrypoint, shell=True)`` on the head,
+      in the head pod's environment (ConfigMap settings included).
+
+    ``probe_dir`` holds an ``aim-video`` that prints its arguments: what the shells hand over.
+    """
+    probe = probe_dir / "aim-video"
+    probe.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    probe.chmod(0o755)
+    path = {"PATH": f"{probe_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    submitted = shlex.join(_shell_words(entrypoint, path)) if mode == "K8sJobMode" else entrypoint
+    done = subprocess.run(["/bin/sh", "-c", submitted], env={**path, **pod_env},
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def _job_config(entrypoint: str, tmp_path: Path, monkeypatch, mode: str = "K8sJobMode") -> Config:
+    """The config ``aim-video train`` loads on the head from ``entrypoint``: the image's files
+    (its working folder has this checkout's layout) and the ``--set`` values, in the pod's env."""
+    settings = _configmap()["data"]
+    args = build_parser().parse_args(driver_argv(entrypoint, settings, tmp_path, mode))
+    assert args.command == "train"
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return Config.load(ROOT / args.config, args.overrides)
+
+
+def test_the_image_runs_the_job_in_a_folder_with_the_configs():
+    rj = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")
+    workdir = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])["working_dir"]
+    instructions = _dockerfile_instructions()
+    assert ("WORKDIR", workdir) in instructions
+    assert ("COPY", "configs ./configs") in instructions
+
+
+@pytest.mark.parametrize("mode", ["K8sJobMode", "HTTPMode"])
+def test_the_rayjob_entrypoint_reaches_the_configmaps_data_and_storage(mode, tmp_path, monkeypatch):
+    spec = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")["spec"]
+    cfg = _job_config(spec["entrypoint"], tmp_path, monkeypatch, mode)
+    settings = _configmap()["data"]
+    root = settings["AIM_DATA_ROOT"]
+    assert cfg.data.format == "kinetics_csv"
+    assert (cfg.data.root, cfg.data.train_annotations, cfg.data.val_annotations) == \
+        (f"{root}/videos", f"{root}/annotations/train.csv", f"{root}/annotations/validate.csv")
+    for name in DATA_PATH_FIELDS:
+        value = getattr(cfg.data, name)
+        assert value is None or value.startswith(root), f"data.{name}: {value!r} not under {root}"
+    assert cfg.run.storage_path == settings["AIM_STORAGE_PATH"]
+    assert (cfg.run.name, cfg.run.num_workers, cfg.run.use_gpu) == ("k400-vitb16-8f", 8, True)
+    # What the driver checks before anything starts: a job on a cluster, with absolute/URI paths.
+    check_data_location(cfg, environ={RAY_JOB_DRIVER_ENV: "{}", "RAY_ADDRESS": "10.0.0.2:6379"})
+
+
+def test_without_the_driver_shell_the_data_root_vanishes_in_the_submitter(tmp_path, monkeypatch):
+    """Why the entrypoint is `sh -c '...'`: given bare, $AIM_DATA_ROOT is expanded by the
+    submitter pod's bash, which does not have it, and the driver gets `/videos`."""
+    spec = _kind(CLUSTER / "kuberay" / "rayjob.yaml", "RayJob")["spec"]
+    shell, flag, script = shlex.split(spec["entrypoint"])
+    assert (shell, flag) == ("sh", "-c") and script.startswith("exec aim-video ")
+    cfg = _job_config(script.removeprefix("exec "), tmp_path, monkeypatch)
+    assert cfg.data.root == "/videos"
+
+
+def test_aim_storage_path_is_the_default_storage_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIM_STORAGE_PATH", "s3://bucket/runs")
+    preset = CONFIGS / "k400_vitb16_8f.yaml"
+    assert Config.from_dict({}).run.storage_path == "s3://bucket/runs"
+    assert Config.load(preset).run.storage_path == "s3://bucket/runs"
+    assert Config.load(preset, ["run.storage_path=gs://b/other"]).run.storage_path == "gs://b/other"
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("run:\n  storage_path: /mnt/nfs/runs\n")
+    assert Config.load(explicit).run.storage_path == "/mnt/nfs/runs"
+    # The demo keeps its results next to its local data set, wherever it runs.
+    assert Config.load(ROOT / "pipelines" / "demo.yaml").run.storage_path == "aim_runs"
+    monkeypatch.setenv("AIM_STORAGE_PATH", " ")
+    assert Config.from_dict({}).run.storage_path == "aim_runs"
+    monkeypatch.delenv("AIM_STORAGE_PATH")
+    assert Config.from_dict({}).run.storage_path == "aim_runs"
+
+
+def test_no_preset_hides_aim_storage_path():
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        run = (yaml.safe_load(path.read_text()) or {}).get("run") or {}
+        assert "storage_path" not in run, f"{path.relative_to(ROOT)} sets run.storage_path, " \
+            "so $AIM_STORAGE_PATH would never apply to it"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +390,34 @@ def test_gcp_uses_expected_machine_families():
     assert types["cpu-decode"]["node_config"]["machineType"].startswith("n2-")
     gpu = types["gpu-train"]["node_config"]
     assert gpu["machineType"].startswith(("a2-", "a3-", "g2-")) or gpu.get("guestAccelerators")
-    assert {"onHostMaintenance": "TERMINATE"} in gpu["scheduling"]
+
+
+# Fields of the Compute API's Scheduling object (compute/docs/reference/rest/v1/instances).
+GCE_SCHEDULING_FIELDS = {
+    "onHostMaintenance", "automaticRestart", "preemptible", "nodeAffinities", "minNodeCpus",
+    "locationHint", "availabilityDomain", "provisioningModel", "instanceTerminationAction",
+    "localSsdRecoveryTimeout", "maxRunDuration", "terminationTime", "onInstanceStopAction",
+}
+
+
+def test_gcp_scheduling_is_the_compute_api_object():
+    """The launcher sends node_config as the instances.insert body: `scheduling` is one object
+    (ray-project/ray#46248: Ray's own examples once gave a list). GPU VMs cannot live-migrate, and
+    preemptible or Spot VMs can neither migrate nor restart automatically."""
+    types = yaml.safe_load((CLUSTER / "gcp.yaml").read_text())["available_node_types"]
+    for name, node_type in types.items():
+        config = node_type["node_config"]
+        scheduling = config.get("scheduling", {})
+        assert isinstance(scheduling, dict), f"{name}: scheduling must be a mapping: {scheduling!r}"
+        assert set(scheduling) <= GCE_SCHEDULING_FIELDS, set(scheduling) - GCE_SCHEDULING_FIELDS
+        gpu = config["machineType"].startswith(("a2-", "a3-", "g2-")) \
+            or bool(config.get("guestAccelerators"))
+        spot = scheduling.get("preemptible") or scheduling.get("provisioningModel") == "SPOT"
+        if gpu or spot:
+            assert scheduling.get("onHostMaintenance") == "TERMINATE", name
+        if spot:
+            assert scheduling.get("automaticRestart") is False, name
+    assert types["gpu-train"]["node_config"]["scheduling"]["onHostMaintenance"] == "TERMINATE"
 
 
 @pytest.mark.parametrize("name", sorted(LAUNCHERS))
@@ -268,7 +490,7 @@ def test_no_inline_secret_fields(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dockerfile installs exactly pyproject's dependency set
+# Dockerfile installs pyproject's dependency set at constraints.txt's versions
 # ---------------------------------------------------------------------------------------------
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
@@ -284,27 +506,91 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def test_dockerfile_installs_pyproject_dependency_set():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    deps = pyproject["project"]["dependencies"]
-    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+def test_dockerfile_installs_pyproject_dependency_set_at_the_pinned_versions():
+    deps = PYPROJECT["project"]["dependencies"]
+    packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     instructions = _dockerfile_instructions()
     base = next(rest for op, rest in instructions if op == "FROM")
     assert base.startswith(("python:3.11", "nvidia/cuda")), base
     copies = [rest for op, rest in instructions if op == "COPY"]
     runs = [rest for op, rest in instructions if op == "RUN"]
-    assert any("pyproject.toml" in c.split() for c in copies), "pyproject must be copied"
+    for name in ("pyproject.toml", "constraints.txt"):
+        assert any(name in c.split() for c in copies), f"{name} must be copied"
     for pkg in (p.rstrip("*") for p in packages):
         assert any(c.split()[0] == pkg for c in copies), f"package {pkg} not copied"
-    pip_cmds = [part.strip() for r in runs for part in r.split("&&") if re.search(r"\bpip3? install\b", part)]
-    assert any(re.fullmatch(r"(python3? -m )?pip3? install (--no-cache-dir )?\.", c) for c in pip_cmds), \
-        f"expected `pip install .`, got {pip_cmds}"
-    # Nothing else is pip-installed, so the image's set is exactly pyproject's [project].dependencies.
+    pip_cmds = [part.strip() for r in runs for part in r.split("&&")
+                if re.search(r"\bpip3? install\b", part)]
+    pinned_install = r"(python3? -m )?pip3? install (--no-cache-dir )?-c constraints\.txt \."
+    assert any(re.fullmatch(pinned_install, c) for c in pip_cmds), \
+        f"expected `pip install -c constraints.txt .`, got {pip_cmds}"
+    # Nothing else is pip-installed: the image's set is pyproject's [project].dependencies, pinned.
     assert len(pip_cmds) == 1, pip_cmds
     names = {re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0].lower() for d in deps}
     assert {"torch", "ray", "av", "mlflow", "pyarrow"} <= names
+    ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!constraints.txt" in ignore, "the build context must include constraints.txt"
 
 
 def test_dockerfile_runs_as_non_root():
     users = [rest for op, rest in _dockerfile_instructions() if op == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0")
+
+
+# ---------------------------------------------------------------------------------------------
+# One Ray version: constraints.txt, the manifests' rayVersion, the image tag; CI installs the pins
+# ---------------------------------------------------------------------------------------------
+
+def _requirement_name(requirement: str) -> str:
+    return _normalise(re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0])
+
+
+def test_constraints_pin_every_dependency_and_agree_with_pyproject():
+    loose = [line for line in PIN_LINES if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*==[\w.+!]+", line)]
+    assert not loose, f"constraints.txt: expected name==version lines, got {loose}"
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"].values()
+    requirements = project["dependencies"] + [r for extra in extras for r in extra]
+    unpinned = [r for r in requirements if _requirement_name(r) not in PINS]
+    assert not unpinned, f"constraints.txt pins no version of {unpinned}: regenerate it (header)"
+    for requirement in requirements:
+        exact = re.search(r"==\s*([^\s,;]+)", requirement)
+        if exact:
+            assert PINS[_requirement_name(requirement)] == exact.group(1), requirement
+    assert (PINS["torch"], PINS["torchvision"]) == ("2.14.1", "0.29.1")
+
+
+def _values(node, key: str) -> list:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == key] + \
+            [x for v in node.values() for x in _values(v, key)]
+    if isinstance(node, list):
+        return [x for v in node for x in _values(v, key)]
+    return []
+
+
+def test_ray_version_image_tag_and_pin_agree():
+    """Every rayVersion is the pinned Ray; every image is <version>-ray<pinned Ray>, in the
+    manifests, the launcher configs and every mention in the docs and comments."""
+    kuberay = [d for p in KUBERAY_FILES for d in _docs(p)]
+    assert set(_values(kuberay, "rayVersion")) == {RAY_VERSION}
+    assert len(_values(kuberay, "rayVersion")) == 2, "raycluster.yaml and rayjob.yaml"
+    launchers = [yaml.safe_load((CLUSTER / name).read_text()) for name in LAUNCHERS]
+    images = _values(kuberay, "image") + [cfg["docker"]["image"] for cfg in launchers]
+    assert images and set(images) == {IMAGE}, set(images)
+    texts = [p for p in CLUSTER.rglob("*") if p.is_file()] + [ROOT / "README.md"]
+    for path in texts:
+        for tag in re.findall(r"aim-video:([A-Za-z0-9][\w.\-]*)", path.read_text()):
+            assert tag == IMAGE_TAG, f"{path.relative_to(ROOT)}: image tag {tag!r}, " \
+                f"expected {IMAGE_TAG!r} (pyproject version + constraints.txt's Ray)"
+
+
+def test_ci_runs_the_readme_test_command_which_installs_the_pins():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    commands = [line for line in section.splitlines() if line.startswith("python3.11 -m venv")]
+    assert len(commands) == 2, commands
+    for command in commands:
+        assert ".venv/bin/pip install -q -c constraints.txt -e '.[test]'" in command, command
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == commands[1], "CI runs exactly README's test command"

@@ -24,7 +24,7 @@ import torch
 from aim_core.checkpoint import MODEL_FILE
 from aim_core.config import Config
 
-from pipelines.preflight import check_storage
+from pipelines.preflight import check_data_location, check_storage
 from pipelines.resources import train_scaling
 from pipelines.runtime import RunFolder, absolute_paths, ensure_ray
 from pipelines.data import ingest
@@ -109,6 +109,7 @@ def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None
     """
     from aim_core.accounting import model_cost
 
+    check_data_location(cfg)
     cfg = absolute_paths(cfg)
     storage, name = cfg.run.storage_path, cfg.run.name
     check_storage(storage)
