@@ -280,7 +280,7 @@ def _job_config(entrypoint: str, tmp_path: Path, monkeypatch, mode: str = "K8sJo
     assert args.command == "train"
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
-    return Config.load(ROOT / args.config, args.overrides)
+    return Config.load(ROOT / args.config, dict(args.overrides))
 
 
 def test_the_image_runs_the_job_in_a_folder_with_the_configs():
@@ -324,7 +324,7 @@ def test_aim_storage_path_is_the_default_storage_path(monkeypatch, tmp_path):
     preset = CONFIGS / "k400_vitb16_8f.yaml"
     assert Config.from_dict({}).run.storage_path == "s3://bucket/runs"
     assert Config.load(preset).run.storage_path == "s3://bucket/runs"
-    assert Config.load(preset, ["run.storage_path=gs://b/other"]).run.storage_path == "gs://b/other"
+    assert Config.load(preset, {"run.storage_path": "gs://b/other"}).run.storage_path == "gs://b/other"
     explicit = tmp_path / "explicit.yaml"
     explicit.write_text("run:\n  storage_path: /mnt/nfs/runs\n")
     assert Config.load(explicit).run.storage_path == "/mnt/nfs/runs"

@@ -72,7 +72,7 @@ def test_the_cli_stops_a_job_before_anything_starts(tmp_path, monkeypatch, capsy
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("aim-video train: config error: data.root: 'videos' is a relative path")
+    assert err.startswith("aim-video train: data.root: 'videos' is a relative path")
     assert len(err.splitlines()) == 1
     assert not storage.exists() and not ray.is_initialized()
 
@@ -135,6 +135,6 @@ def test_a_job_submitted_like_kuberay_expands_the_heads_data_root(tmp_path, monk
     finally:
         head.stop()
     assert status == JobStatus.FAILED, logs[-3000:]
-    assert "config error: data.root: 'relative/k400/videos' is a relative path, but this runs as " \
+    assert "aim-video train: data.root: 'relative/k400/videos' is a relative path, but this runs as " \
            "a Ray job" in logs, logs[-3000:]
     assert not storage.exists()
