@@ -238,6 +238,7 @@ class RunConfig:
     max_failures: int = 3
     mlflow_experiment: str = "aim-video"
     tracking_uri: str | None = None         # None: $MLFLOW_TRACKING_URI or the local sqlite store
+    print_every: int = 1                    # a console line every N epochs (and the last)
     register_as: str | None = None          # register the trained model under this name
     register_alias: str = "champion"        # ... and point this alias at it
 
@@ -250,6 +251,7 @@ class RunConfig:
         _check(self.ingest_cpus > 0, f"{path}.ingest_cpus", "a positive number", self.ingest_cpus)
         _check(self.max_failures >= 0, f"{path}.max_failures", "a non-negative integer",
                self.max_failures)
+        _check(self.print_every > 0, f"{path}.print_every", "a positive integer", self.print_every)
 
 
 @dataclass

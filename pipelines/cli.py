@@ -16,6 +16,8 @@ import yaml
 
 from aim_core.config import Config, ConfigError
 
+from pipelines import console
+
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
 
@@ -70,14 +72,14 @@ def _describe(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     m = cfg.model
-    print(f"model     {m.variant} on {m.backbone.source}:{m.backbone.name}, {m.num_frames} frames "
+    console.say(f"model     {m.variant} on {m.backbone.source}:{m.backbone.name}, {m.num_frames} frames "
           f"at {m.image_size}px, {m.num_classes} classes")
     if m.variant == "aim":
-        print(f"adapters  {'+'.join(m.adapter.adaptations) or 'none'}, ratio {m.adapter.ratio}, "
+        console.say(f"adapters  {'+'.join(m.adapter.adaptations) or 'none'}, ratio {m.adapter.ratio}, "
               f"placement {m.adapter.placement}, scale {m.adapter.scale}, "
               f"{m.adapter.temporal_adapters} temporal adapter(s)")
-    print(f"views     {cfg.data.test_clips} clip(s) x {cfg.data.test_crops} crop(s)")
-    print(model_cost(cfg).summary())
+    console.say(f"views     {cfg.data.test_clips} clip(s) x {cfg.data.test_crops} crop(s)")
+    console.say(model_cost(cfg).summary())
     return 0
 
 
@@ -103,7 +105,7 @@ def _synth(args: argparse.Namespace) -> int:
     out = generate_synthetic(args.out, videos_per_class=args.videos_per_class, size=args.size,
                              frames=args.frames, fps=args.fps, seed=args.seed,
                              classes=args.classes or DEFAULT_CLASSES)
-    print(f"wrote {out}/videos ({args.videos_per_class} videos per class), train.txt, val.txt, "
+    console.say(f"wrote {out}/videos ({args.videos_per_class} videos per class), train.txt, val.txt, "
           f"labels.txt, class_map.json")
     return 0
 
@@ -142,10 +144,15 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from pipelines.train.driver import run_training
 
+    from pipelines.tracking.runs import tracking_uri, ui_command
+
     registry = {"run.register_as": args.register} if args.register else {}
     if args.alias:
         registry["run.register_alias"] = args.alias
-    run_training(load_config(args, **registry), resume=args.resume)
+    cfg = load_config(args, **registry)
+    run_training(cfg, resume=args.resume)
+    console.say(f"look: {ui_command(tracking_uri(cfg))}")
+    console.say(f"log:  {console.log_path()}")
     return 0
 
 
@@ -187,8 +194,8 @@ def _eval(args: argparse.Namespace) -> int:
     from pipelines.evaluation.evaluate import run_eval, summary
 
     metrics = run_eval(load_config(args), args.model, args.out, engine=args.engine)
-    print(summary(metrics))
-    print(f"wrote {args.out}/eval.json and {args.out}/confusion.png"
+    console.say(summary(metrics))
+    console.say(f"wrote {args.out}/eval.json and {args.out}/confusion.png"
           + (f"; logged to MLflow run {metrics['logged_to_run']}" if "logged_to_run" in metrics
              else ""))
     return 0
@@ -242,8 +249,8 @@ def _explain(args: argparse.Namespace) -> int:
 
     result = run_explain(args.video, args.model, args.compare, args.out, args.frames_from_config)
     for label, prediction in result["predictions"].items():
-        print(f"{label}: predicts {prediction}")
-    print(f"wrote {result['png']} and {result['gif']}"
+        console.say(f"{label}: predicts {prediction}")
+    console.say(f"wrote {result['png']} and {result['gif']}"
           + (f"; logged to MLflow run(s) {', '.join(result['logged_to_runs'])}"
              if result["logged_to_runs"] else ""))
     return 0
@@ -274,10 +281,10 @@ def _compare_classes(args: argparse.Namespace) -> int:
         result = run_compare(args.eval_a, args.eval_b, args.names, args.k, args.out,
                              args.run_a, args.run_b)
     except ValueError as exc:  # mismatched classes, not an eval.json, bad --k/--names
-        print(f"aim-video compare-classes: {exc}", file=sys.stderr)
+        console.error(f"aim-video compare-classes: {exc}")
         return 2
-    print(format_ranking(result["top"], result["bottom"], args.names))
-    print("wrote " + ", ".join(str(p) for p in result["files"]))
+    console.say(format_ranking(result["top"], result["bottom"], args.names))
+    console.say("wrote " + ", ".join(str(p) for p in result["files"]))
     return 0
 
 
@@ -322,7 +329,7 @@ def _sweep(args: argparse.Namespace) -> int:
         "asha": args.asha, "max_concurrent": args.max_concurrent})
     best = {"run.register_as": args.register_best} if args.register_best else {}
     outcome = run_sweep(plan_sweep(load_config(args, **best), sweep), resume=args.resume)
-    print(f"report: {outcome.report_dir}/report.md")
+    console.say(f"report: {outcome.report_dir}/report.md")
     return 0 if outcome.complete else 1
 
 
@@ -382,7 +389,6 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import console
     from pipelines.runtime import keep_private_cluster_on_loopback, shutdown_ray
 
     keep_private_cluster_on_loopback()  # before anything imports Ray
@@ -393,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.handler(args) or 0
     except KeyboardInterrupt:
-        print(f"aim-video {args.command}: interrupted", file=sys.stderr)
+        console.error(f"aim-video {args.command}: interrupted")
         code = 130
     except Exception as exc:  # noqa: BLE001 - the one place every failure becomes one line
         logging.getLogger("pipelines.cli").debug("failure", exc_info=True)
@@ -401,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         expected = expected_failure(exc)
         hint = "" if expected or verbose else " (a bug? rerun with -v for the traceback)"
-        print(f"aim-video {args.command}: {one_line(exc)}{hint}", file=sys.stderr)
+        console.error(f"aim-video {args.command}: {one_line(exc)}{hint}")
         code = 2 if expected else 1
     finally:
         if "ray" in sys.modules:

@@ -28,12 +28,36 @@ OUR_LOGGERS = ("aim_core", "pipelines")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _LogStream:
+    """What libraries print to ``sys.stdout`` / ``sys.stderr`` during a quiet command: each line
+    becomes a log record (Ray's and Tune's prints, MLflow's ``Successfully registered model``)."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(f"console.{name}")
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self._logger.info(line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 class _State:
     verbose = False
     command = "aim-video"
     buffer: logging.handlers.MemoryHandler | None = None
     file: logging.FileHandler | None = None
     console: logging.Handler | None = None
+    out = err = None      # a command's real streams (our lines, errors, the bar); None: sys's
     bar = None            # the one progress bar on screen, if any
 
 
@@ -41,13 +65,14 @@ def start(command: str, verbose: bool) -> None:
     """Set up logging for one command: ours at WARNING to the console, everything to the log."""
     _reset()
     _State.verbose, _State.command = verbose, command
+    _State.out, _State.err = sys.stdout, sys.stderr
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)
     _State.buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
     _State.buffer.setFormatter(logging.Formatter(_FORMAT))
     root.addHandler(_State.buffer)
-    console = _State.console = logging.StreamHandler(sys.stderr)
+    console = _State.console = logging.StreamHandler(_State.err)
     console.setFormatter(logging.Formatter(_FORMAT if verbose else "%(levelname)s: %(message)s"))
     if verbose:
         root.addHandler(console)
@@ -57,11 +82,18 @@ def start(command: str, verbose: bool) -> None:
             logging.getLogger(name).addHandler(console)
             logging.getLogger(name).propagate = True
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", str(verbose).lower())
+    if not verbose:
+        sys.stdout, sys.stderr = _LogStream("stdout"), _LogStream("stderr")
     capture_library_logs()
 
 
 def verbose() -> bool:
     return _State.verbose
+
+
+def streams() -> tuple:
+    """The real ``(stdout, stderr)`` of the command, for our own output."""
+    return _State.out or sys.stdout, _State.err or sys.stderr
 
 
 def capture_library_logs() -> None:
@@ -88,10 +120,11 @@ def _target() -> logging.Handler:
 
 def log_to(folder: str | Path) -> Path:
     """Write this command's log to ``<folder>/aim-video.log`` (appending: a resumed run keeps one
-    log); what was held in memory so far goes there first. Returns the file's path."""
+    log); what was held in memory so far goes there first. The first caller decides (the demo's
+    log holds both of its runs). Returns the file's path."""
+    if _State.file is not None:
+        return Path(_State.file.baseFilename)
     path = Path(folder).expanduser().resolve() / LOG_FILE
-    if _State.file is not None and Path(_State.file.baseFilename) == path:
-        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(_FORMAT))
@@ -136,7 +169,13 @@ def finish() -> Path | None:
 
 
 def _reset() -> None:
-    """Detach this module's handlers (a process may run several commands, as tests do)."""
+    """Detach this module's handlers and give the streams back (a process may run several
+    commands, as tests do)."""
+    if isinstance(sys.stdout, _LogStream):
+        sys.stdout = _State.out
+    if isinstance(sys.stderr, _LogStream):
+        sys.stderr = _State.err
+    _State.out = _State.err = None
     ours = [h for h in (_State.buffer, _State.file, _State.console) if h is not None]
     for name in ("", *LIBRARY_LOGGERS, *OUR_LOGGERS):
         logger = logging.getLogger(name)
@@ -155,10 +194,17 @@ def _reset() -> None:
 def say(text: str) -> None:
     """Print one of our lines (above the progress bar when one is shown); logged too."""
     logging.getLogger("pipelines.console").debug(text)
+    out = _State.out or sys.stdout
     if _State.bar is not None:
-        _State.bar.write(text, file=sys.stdout)
+        _State.bar.write(text, file=out)
     else:
-        print(text, flush=True)
+        print(text, file=out, flush=True)
+
+
+def error(text: str) -> None:
+    """Print one of our error lines to the real standard error."""
+    logging.getLogger("pipelines.console").debug(text)
+    print(text, file=_State.err or sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -167,13 +213,19 @@ def progress(total: int | None, what: str) -> Iterator["Progress"]:
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=what, unit="", leave=False, dynamic_ncols=True,
-               disable=None if not _State.verbose else True, file=sys.stderr)
+               disable=None if not _State.verbose else True, file=_State.err or sys.stderr)
     outer, _State.bar = _State.bar, bar
     try:
         yield Progress(bar)
     finally:
         bar.close()
         _State.bar = outer
+
+
+def advance(n: int = 1) -> None:
+    """Move the bar on screen, if there is one (callbacks that cannot hold a bar use this)."""
+    if _State.bar is not None:
+        _State.bar.update(n)
 
 
 class Progress:

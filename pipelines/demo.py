@@ -18,6 +18,8 @@ from typing import Any
 from aim_core.annotations import ClassMap
 from aim_core.config import Config
 
+from pipelines import console
+
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 REGISTERED_NAME = "aim-video-demo"
 
@@ -41,12 +43,11 @@ def prepare_assets(data_dir: Path, *, videos_per_class: int, seed: int) -> tuple
 
     videos = data_dir / "synthetic"
     if not (videos / "class_map.json").exists():
-        print(f"[aim-video demo] writing the synthetic video set to {videos}", flush=True)
+        console.say(f"[aim-video demo] writing the synthetic video set to {videos}")
         generate_synthetic(videos, videos_per_class=videos_per_class, size=32, frames=16, seed=seed)
     weights = data_dir / "tiny_vit.pt"
     if not weights.exists():
-        print("[aim-video demo] pre-training the tiny image backbone (single frames, ~1 min)",
-              flush=True)
+        console.say("[aim-video demo] pre-training the tiny image backbone (single frames, ~1 min)")
         pretrain_tiny_backbone(weights, seed=seed)
     return videos, weights
 
@@ -80,15 +81,17 @@ def run_demo(data_dir: str | Path = "demo_data", config: str | Path = DEMO_CONFI
 
     started = time.perf_counter()
     base = Config.load(config, overrides)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log = console.log_to(Path(base.run.storage_path) / f"demo-{stamp}")
     data_dir = Path(data_dir).resolve()
     videos, weights = prepare_assets(data_dir, videos_per_class=videos_per_class,
                                      seed=base.data.seed)
     class_map = ClassMap.load(str(videos / "class_map.json"))
     temporal = {n for n, on in class_map.metadata["temporal_order"].items() if on}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for label, cfg in demo_configs(base, videos, weights, stamp).items():
-        print(f"[aim-video demo] training {label} ({cfg.model.variant})", flush=True)
+        console.say(f"[aim-video demo] training {label} ({cfg.model.variant}), "
+                    f"{cfg.optim.epochs} epochs")
         outcome = run_training(cfg, tags={"demo": stamp})
         names = outcome.class_names
         rows.append(DemoRow(label, cfg.model.variant, int(outcome.cost["tunable_params"]),
@@ -100,18 +103,22 @@ def run_demo(data_dir: str | Path = "demo_data", config: str | Path = DEMO_CONFI
     runs.configure(base)
     version = registry.register_model(best.model_dir, register_as, "champion",
                                       run_id=best.mlflow_run_id, cfg=base)
-    print(format_table(rows, len(temporal), len(class_map)))
-    print(f"\nregistered the better model ({best.label}) as models:/{register_as}@champion "
-          f"(version {version.version}) in {runs.tracking_uri(base)}")
+    uri = runs.tracking_uri(base)
     example = next((videos / "videos").rglob("*.mp4"))
-    print(f"try: aim-video predict {example} --model models:/{register_as}@champion")
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    for line in [format_table(rows, len(temporal), len(class_map)), "",
+                 f"registered the better model ({best.label}) as models:/{register_as}@champion "
+                 f"(version {version.version}) in {uri}",
+                 f"try:  aim-video predict {example} --model models:/{register_as}@champion",
+                 f"look: {runs.ui_command(uri)}",
+                 f"log:  {log}",
+                 f"demo finished in {time.perf_counter() - started:.0f} s"]:
+        console.say(line)
     return rows
 
 
 def format_table(rows: list[DemoRow], temporal_classes: int, classes: int) -> str:
     chance = 1 / classes
-    lines = [f"\n{'model':<20} {'tunable params':>15} {'top-1':>8} "
+    lines = [f"{'model':<20} {'tunable params':>15} {'top-1':>8} "
              f"{'temporal-order top-1':>21} {'appearance top-1':>17}",
              "-" * 85]
     for r in rows:

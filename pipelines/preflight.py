@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from aim_core.config import Config, ConfigError
+from aim_core.config import Config, ConfigError, ModelConfig, parse_placement
 from aim_core.storage import is_uri, scheme
 
 _CREDENTIAL_HINT = (
@@ -229,6 +229,37 @@ def check_data_location(cfg: Config, environ: Mapping[str, str] | None = None) -
             raise DataLocationError(
                 f"data.{name}: {value!r} is a relative path, but {reason}; give an absolute path "
                 "that every node mounts or a bucket URI (s3://..., gs://...)")
+
+
+# ----------------------------------------------------------------------------------------------
+# A training run, before Ray starts
+# ----------------------------------------------------------------------------------------------
+
+def check_model(model: ModelConfig) -> None:
+    """The architecture the config asks for exists: backbone name and placement vs its depth."""
+    from aim_core.backbones import resolve_spec
+
+    spec = resolve_spec(model.backbone)
+    parse_placement(model.adapter.placement, spec.layers)
+
+
+def check_training(cfg: Config) -> None:
+    """Everything a training run's config and annotations can tell, before Ray starts or any
+    video is decoded: storage reachable, the model buildable, the data root listed, labelled
+    videos found, and ``model.num_classes`` matching the class map. ``cfg`` has absolute paths."""
+    from aim_core.annotations import AnnotationError, load_split
+
+    check_storage(cfg.run.storage_path)
+    check_model(cfg.model)
+    train = load_split(cfg.data, "train")
+    if not train.records:
+        raise AnnotationError(f"data.root: no labelled training video found under {cfg.data.root}"
+                              f" (format {cfg.data.format!r})")
+    classes = len(train.class_map)
+    if cfg.model.num_classes != classes:
+        raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the class map has "
+                          f"{classes} classes ({', '.join(train.class_map.names[:5])}"
+                          f"{', ...' if classes > 5 else ''}): set model.num_classes={classes}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from aim_core.config import Config
 from aim_core.storage import Location, is_uri, join
 
+from pipelines import console
 from pipelines.resources import dashboard_host
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 MLFLOW_RUN_FILE = "mlflow_run_id"
 
 _started_sessions: list[str] = []   # session folders of the clusters this process started
+_dashboard: list[str] = []          # the dashboard URL of the cluster this process is connected to
 
 
 def keep_private_cluster_on_loopback() -> None:
@@ -48,20 +50,39 @@ def ensure_ray(address: str | None = None) -> None:
     embedded default must not depend on that. Jobs from ``ray job submit`` get ``RAY_ADDRESS``.
     """
     import ray
+    import ray.data
 
     if ray.is_initialized():
         return
+    console.capture_library_logs()
+    # Workers' and Ray's own output reaches the console only with -v; our lines come from the
+    # driver (pipelines.console), and one progress bar replaces Ray Data's per-dataset bars.
+    quiet = {"log_to_driver": console.verbose()}
+    ray.data.DataContext.get_current().enable_progress_bars = False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        context = ray.init(address=address, **quiet)
+    else:
+        context = ray.init(address="local", dashboard_host=dashboard_host(),
+                           include_dashboard=True, **quiet)
+        _started_sessions.append(context.address_info["session_dir"])
+    console.capture_library_logs()
+    _dashboard[:] = [context.dashboard_url] if context.dashboard_url else []
+    if address:
         return
-    context = ray.init(address="local", dashboard_host=dashboard_host(), include_dashboard=True)
-    _started_sessions.append(context.address_info["session_dir"])
     node_ip = context.address_info["node_ip_address"]
     if node_ip not in ("127.0.0.1", "::1"):
         log.warning("the private Ray cluster listens on %s, not only on loopback: Ray was imported "
                     "before %s=0 was set (the aim-video command sets it first)", node_ip,
                     LOOPBACK_ONLY_ENV)
+
+
+def dashboard_url() -> str | None:
+    """``http://host:port`` of the Ray dashboard of the cluster :func:`ensure_ray` connected to."""
+    if not _dashboard:
+        return None
+    url = _dashboard[0]
+    return url if "://" in url else f"http://{url}"
 
 
 def shutdown_ray(timeout_s: float = 10.0) -> None:
@@ -75,6 +96,7 @@ def shutdown_ray(timeout_s: float = 10.0) -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _dashboard.clear()
     while _started_sessions:
         session = _started_sessions.pop()
         deadline = time.monotonic() + timeout_s

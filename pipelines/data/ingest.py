@@ -49,6 +49,7 @@ from aim_core.storage import Location, join
 from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, open_video_source,
                             probe_video)
 
+from pipelines import console
 from pipelines.resources import ingest_resources
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,14 @@ def scan_videos(cfg: Config, records: list[VideoRecord]
         return [], []
     items = [_item(r) for r in records]
     ds = ray.data.from_items(items, override_num_blocks=_blocks(len(items), cfg.data.videos_per_task))
-    scanned = ds.map_batches(_probe_batch, batch_size=cfg.data.videos_per_task,
-                             **decode_task_resources(cfg)).take_all()
-    by_path = {row["path"]: row for row in scanned}
+    probed = ds.map_batches(_probe_batch, batch_size=cfg.data.videos_per_task,
+                            **decode_task_resources(cfg))
+    by_path = {}
+    with console.progress(len(items), "scan videos") as bar:
+        for batch in probed.iter_batches(batch_size=None, batch_format="numpy"):
+            for path, num_frames, error in zip(batch["path"], batch["num_frames"], batch["error"]):
+                by_path[str(path)] = {"num_frames": num_frames, "error": error}
+            bar.advance(len(batch["path"]))
     good, bad = [], []
     for item in items:  # keep the annotation order, whatever order the tasks finished in
         row = by_path[item["path"]]
@@ -382,7 +388,7 @@ def run_ingest(cfg: Config, out_dir: str | None = None) -> dict[str, IngestRepor
             result = build_dataset(cfg, split, train=split == "train", class_map=class_map)
             class_map, reports[split] = result.class_map, result.report
             class_map.save(join(out, CLASS_MAP_FILE))
-        print(reports[split].summary(), flush=True)
+        console.say(reports[split].summary())
     (Location.of(out) / REPORT_FILE).write_json({k: r.to_dict() for k, r in reports.items()})
     return reports
 

@@ -7,10 +7,9 @@ user videos always has a broken one, and it should cost that file, not the run.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
@@ -19,6 +18,7 @@ from aim_core.video import VideoDecodeError
 
 from aim_core.inference import Inference, default_device
 
+from pipelines import console
 from pipelines.evaluation.evaluate import predict_video
 
 
@@ -61,10 +61,9 @@ def format_prediction(pred: VideoPrediction) -> str:
 
 
 def run_predict(paths: Sequence[str], model_ref: str, topk: int = 5,
-                overrides: Mapping[str, Any] | None = None, labels_file: str | None = None,
-                out: TextIO | None = None, err: TextIO | None = None) -> int:
+                overrides: Mapping[str, Any] | None = None, labels_file: str | None = None
+                ) -> int:
     """The command: prints each video's top classes; returns 1 if any video failed, else 0."""
-    out, err = out or sys.stdout, err or sys.stderr
     from pipelines.tracking.references import resolve_model
     from pipelines.tracking.runs import configure
 
@@ -81,9 +80,9 @@ def run_predict(paths: Sequence[str], model_ref: str, topk: int = 5,
     for pred in predict_videos(model, cfg, class_names, paths, topk):
         if pred.error is not None:
             failures += 1
-            print(format_prediction(pred), file=err, flush=True)
+            console.error(format_prediction(pred))
         else:
-            print(format_prediction(pred), file=out, flush=True)
+            console.say(format_prediction(pred))
     if failures:
-        print(f"{failures} of {len(paths)} video(s) could not be read", file=err)
+        console.error(f"{failures} of {len(paths)} video(s) could not be read")
     return 1 if failures else 0

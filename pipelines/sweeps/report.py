@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from aim_core.storage import is_uri
 
+from pipelines import console
 from pipelines.sweeps.settings import SweepMeta
 from pipelines.sweeps.studies import trial_config, trial_label
 from pipelines.tracking.runs import log_file
@@ -229,7 +230,7 @@ def write_report(sweep_dir: str, out: str | Path | None = None, *, table: SweepT
         mlflow.set_tracking_uri(table.meta.tracking_uri)
         for path in files:
             log_file(path, REPORT_DIR, run_id=table.meta.parent_run_id)
-    print(f"[aim-video report] wrote {', '.join(p.name for p in files)} to {out}", flush=True)
-    print(markdown(table), flush=True)
+    console.say(f"[aim-video report] wrote {', '.join(p.name for p in files)} to {out}")
+    console.say(markdown(table))
     return out
 

@@ -20,18 +20,21 @@ in Tune's folders, TensorBoard's run list and MLflow's child runs, followed by T
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from ray.tune import Callback
 
 from aim_core.config import Config, ConfigError, check_override
 from aim_core.storage import Location, join
 
+from pipelines import console
 from pipelines.resources import trial_concurrency
-from pipelines.runtime import absolute_paths, ensure_ray
+from pipelines.runtime import absolute_paths, dashboard_url, ensure_ray
 from pipelines.sweeps.report import collect, write_report
 from pipelines.sweeps.settings import META_FILE, SweepConfig, SweepMeta
 from pipelines.sweeps.studies import STUDIES, trial_config, trial_label, trial_slug, tune_domain
@@ -145,12 +148,13 @@ def run_sweep(meta: SweepMeta, *, resume: bool = False) -> SweepOutcome:
                                "sweep.trials": len(meta.settings) or "space"})
         _print_where_to_watch(meta)
         trainable = tune.with_resources(tune.with_parameters(run_trial, meta=meta), {"CPU": 0.1})
-        if resume and tune.Tuner.can_restore(meta.path):
-            tuner = tune.Tuner.restore(meta.path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            tuner = _new_tuner(meta, trainable, base)
-        tuner.fit()
+        with console.progress(trial_count(meta), f"sweep {meta.name}"):
+            if resume and tune.Tuner.can_restore(meta.path):
+                tuner = tune.Tuner.restore(meta.path, trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True)
+            else:
+                tuner = _new_tuner(meta, trainable, base)
+            tuner.fit()
         return _finish(meta)
 
 
@@ -169,13 +173,41 @@ def _new_tuner(meta: SweepMeta, trainable: Any, base: Config) -> Any:
             grace_period=rungs.grace_period or max(1, base.optim.epochs // 5),
             reduction_factor=rungs.reduction_factor, stop_last_trials=False)
     concurrent = sweep.max_concurrent or trial_concurrency(base.run, ray.cluster_resources())
-    print(f"[aim-video sweep] up to {concurrent} trial(s) at once", flush=True)
+    console.say(f"[aim-video sweep] up to {concurrent} trial(s) at once")
     return tune.Tuner(
         trainable, param_space=param_space(meta),
         tune_config=tune.TuneConfig(num_samples=sweep.space.num_samples, scheduler=scheduler,
                                     max_concurrent_trials=concurrent,
                                     trial_dirname_creator=trial_name, trial_name_creator=trial_name),
-        run_config=tune.RunConfig(name=meta.name, storage_path=meta.path.rsplit("/", 1)[0]))
+        run_config=tune.RunConfig(name=meta.name, storage_path=meta.path.rsplit("/", 1)[0],
+                                  verbose=1 if console.verbose() else 0, callbacks=[TrialLines()]))
+
+
+def trial_count(meta: SweepMeta) -> int:
+    """How many trials the sweep runs: settings x grid points x samples."""
+    grids = [len(spec["grid"]) for spec in meta.config.space.params.values()
+             if isinstance(spec, dict) and "grid" in spec]
+    return max(1, len(meta.settings)) * math.prod(grids) * meta.config.space.num_samples
+
+
+class TrialLines(Callback):
+    """A Tune callback on the driver: one line per finished trial, advancing the sweep's bar.
+
+    It is pickled with the Tuner's state (and restored with it), so it holds nothing but looks
+    the bar up when a trial ends.
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        top1 = result.get("final_top1", result.get("val_top1"))
+        score = f"val top-1 {100 * top1:.1f}%" if isinstance(top1, float) else "no score"
+        console.say(f"[aim-video sweep] trial {trial_name(trial)} done: {score} after "
+                    f"{int(result.get('epoch', 0))} epoch(s)")
+        console.advance()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        console.say(f"[aim-video sweep] trial {trial_name(trial)} failed: see {trial.path}")
+        console.advance()
 
 
 def _stored_for_resume(meta: SweepMeta) -> SweepMeta:
@@ -189,18 +221,10 @@ def _stored_for_resume(meta: SweepMeta) -> SweepMeta:
 
 
 def _print_where_to_watch(meta: SweepMeta) -> None:
-    try:
-        from ray._private.worker import get_dashboard_url
-
-        dashboard = get_dashboard_url()
-    except Exception:  # private helper: the URL is a convenience, never a failure
-        dashboard = ""
-    print(f"[aim-video sweep] {meta.name}: {meta.path}\n"
-          f"[aim-video sweep] TensorBoard: tensorboard --logdir {meta.path}\n"
-          f"[aim-video sweep] Ray dashboard: "
-          f"{('http://' + dashboard) if dashboard and '://' not in dashboard else dashboard or 'n/a'}"
-          f"\n[aim-video sweep] MLflow parent run {meta.parent_run_id} ({meta.tracking_uri})",
-          flush=True)
+    console.say(f"[aim-video sweep] {meta.name}: {meta.path}\n"
+                f"[aim-video sweep] TensorBoard: tensorboard --logdir {meta.path}\n"
+                f"[aim-video sweep] Ray dashboard (while it runs): {dashboard_url() or 'n/a'}\n"
+                f"[aim-video sweep] MLflow parent run {meta.parent_run_id} ({meta.tracking_uri})")
 
 
 def _finish(meta: SweepMeta) -> SweepOutcome:
@@ -225,12 +249,12 @@ def _finish(meta: SweepMeta) -> SweepOutcome:
     if best is not None:
         mlflow.set_tags({"best_trial": best.trial_id, "best_setting": best.setting})
         mlflow.log_metric(f"best_{metric}", best.metric(metric))
-        print(f"[aim-video sweep] best trial {best.trial_id} ({best.setting}): {metric} "
-              f"{best.metric(metric):.4f}", flush=True)
+        console.say(f"[aim-video sweep] best trial {best.trial_id} ({best.setting}): {metric} "
+              f"{best.metric(metric):.4f}")
     if not complete:
         mlflow.set_tag("interrupted", "true")
-        print(f"[aim-video sweep] not finished: resume with `aim-video sweep ... --resume` "
-              f"(sweep {meta.path})", flush=True)
+        console.say(f"[aim-video sweep] not finished: resume with `aim-video sweep ... --resume` "
+              f"(sweep {meta.path})")
     elif meta.base["run"].get("register_as") and best is not None:
         outcome.registered_version = register_best(meta, best.mlflow_run_id)
     return outcome
@@ -249,6 +273,6 @@ def register_best(meta: SweepMeta, run_id: str | None) -> str:
             tracking_uri=meta.tracking_uri)
         version = registry.register_model(ckpt, name, alias, run_id=run_id, cfg=base)
     mlflow.set_tag("registered_model", f"{name}/{version.version}")
-    print(f"[aim-video sweep] registered models:/{name}@{alias} "
-          f"(version {version.version}, run {run_id})", flush=True)
+    console.say(f"[aim-video sweep] registered models:/{name}@{alias} "
+          f"(version {version.version}, run {run_id})")
     return version.version

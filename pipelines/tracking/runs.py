@@ -30,6 +30,8 @@ from mlflow.exceptions import MlflowException
 from aim_core.accounting import ModelCost
 from aim_core.config import Config
 
+from pipelines import console
+
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 
@@ -50,6 +52,13 @@ def tracking_uri(cfg: Config | None = None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri
+
+
+def ui_command(uri: str) -> str:
+    """How a person looks at the runs of ``uri``: the MLflow UI on loopback, or the server."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
 
 
 def artifact_location(uri: str) -> str | None:
@@ -73,6 +82,7 @@ def configure(cfg: Config | None = None) -> str:
     """
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
+    console.capture_library_logs()   # MLflow's own logging goes to the command's log
     return uri
 
 

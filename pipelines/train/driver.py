@@ -22,13 +22,17 @@ import ray.train.torch
 import torch
 
 from aim_core.checkpoint import MODEL_FILE
+from aim_core.annotations import AnnotationError
 from aim_core.config import Config
+from aim_core.storage import is_uri
 
-from pipelines.preflight import check_data_location, check_storage
+from pipelines import console
+from pipelines.preflight import check_data_location, check_training
 from pipelines.resources import train_scaling
 from pipelines.runtime import RunFolder, absolute_paths, ensure_ray
 from pipelines.data import ingest
 from pipelines.tracking import plots, registry, runs
+from pipelines.train.reporting import EpochLines, EpochReporter
 from pipelines.train.worker import EVAL_COLUMNS, EVAL_FILE, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -38,24 +42,6 @@ TRAIN_VIDEOS_FILE = "train_videos.json"   # MLflow artifact under ingest/
 
 class RunExistsError(RuntimeError):
     """A run of this name already has results in the storage path."""
-
-
-class MlflowEpochLogger(ray.train.UserCallback):
-    """Logs each epoch's metrics to the run's MLflow run from the Train controller.
-
-    ``after_report`` fires once the epoch's checkpoint is persisted, so an epoch that a failed
-    worker group has to redo is logged once, when it finally completes: one continuous history.
-    """
-
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        self.tracking_uri = tracking_uri
-        self.run_id = run_id
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: ray.train.Checkpoint | None) -> None:
-        if metrics and "epoch" in metrics[0]:
-            mlflow.set_tracking_uri(self.tracking_uri)
-            runs.log_epoch(metrics[0], int(metrics[0]["epoch"]), run_id=self.run_id)
 
 
 @dataclass
@@ -73,103 +59,124 @@ class TrainOutcome:
     registered_version: str | None = None
 
 
-def prepare_data(cfg: Config) -> tuple[dict[str, Any], dict[str, ray.data.Dataset], list[str], int,
-                                        dict[str, Any]]:
-    """Loop config entries, Ray datasets (parquet mode), class names, training videos, reports."""
-    if cfg.data.mode == "stream":
-        train = ingest.build_dataset(cfg, "train", train=True)
-        val = ingest.build_dataset(cfg, "val", train=False, class_map=train.class_map)
-        for result in (train, val):
-            print(result.report.summary(), flush=True)
-        reports = {"train": train.report.to_dict(), "val": val.report.to_dict()}
-        if not train.stream.items:
-            raise RuntimeError("no readable training videos; see the ingest report above")
-        return ({"train_stream": train.stream, "val_stream": val.stream}, {},
-                train.class_map.names, len(train.stream.items), reports)
-    out = cfg.data.shards_dir or ingest.default_output_dir(cfg)
-    train_dir = ingest.materialize(cfg, "train", out)
-    val_dir = ingest.materialize(cfg, "val", out)
-    reports = {s: ingest.read_report(d).to_dict() for s, d in (("train", train_dir), ("val", val_dir))}
-    for r in reports.values():
-        print(f"[ingest {r['split']}/parquet] {r['good']}/{r['videos']} videos, {len(r['bad'])} bad",
-              flush=True)
-    class_map = ingest.load_class_map(out)
-    datasets = {"train": ingest.training_columns(ingest.read_shards(train_dir)),
-                "val": ingest.read_shards(val_dir).select_columns(EVAL_COLUMNS)}
-    return {}, datasets, class_map.names, reports["train"]["clips"], reports
-
-
 def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None = None,
                  tags: dict[str, str] | None = None,
                  callbacks: list[Any] | None = None) -> TrainOutcome:
     """Train ``cfg`` on Ray and track it in MLflow; see the module docstring.
 
-    ``callbacks``: extra Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a sweep
-    trial runs this (see :mod:`pipelines.sweeps.sweep`).
+    Everything the config and the annotations can tell is checked before Ray starts
+    (:func:`pipelines.preflight.check_training`). ``callbacks``: extra Ray Train callbacks, e.g.
+    Tune's ``TuneReportCallback`` when a sweep trial runs this (:mod:`pipelines.sweeps.sweep`).
     """
     from aim_core.accounting import model_cost
 
     check_data_location(cfg)
     cfg = absolute_paths(cfg)
-    storage, name = cfg.run.storage_path, cfg.run.name
-    check_storage(storage)
+    check_training(cfg)
     folder = RunFolder.of(cfg)
     if folder.exists() and not resume:
-        raise RunExistsError(f"run {name!r} already exists under {storage}: pass --resume to "
-                             f"continue it, or choose another run.name")
+        raise RunExistsError(f"run {cfg.run.name!r} already exists under {cfg.run.storage_path}: "
+                             f"pass --resume to continue it, or choose another run.name")
+    if not is_uri(folder.path):
+        console.log_to(folder.path)
     ensure_ray()
     cfg = runs.pin_tracking_uri(cfg)
-    loop_data, datasets, class_names, train_videos, reports = prepare_data(cfg)
-    if cfg.model.num_classes != len(class_names):
-        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the data has "
-                         f"{len(class_names)} classes: {class_names[:10]}")
+    data = prepare_data(cfg)
     cost = model_cost(cfg).to_dict()
-
     mlflow_run_id = folder.mlflow_run_id() if resume else None
-    with runs.start_run(cfg, run_name=name, run_id=mlflow_run_id, parent_run_id=parent_run_id,
-                        nested=parent_run_id is not None, tags=tags) as run:
+    with runs.start_run(cfg, run_name=cfg.run.name, run_id=mlflow_run_id,
+                        parent_run_id=parent_run_id, nested=parent_run_id is not None,
+                        tags=tags) as run:
         mlflow_run_id = run.info.run_id
         folder.remember_mlflow_run(mlflow_run_id)
-        runs.log_model_cost(cost)
-        for split, report in reports.items():
-            mlflow.log_dict(report, f"ingest/{split}_report.json")
-        if "train_stream" in loop_data:  # the videos this run trains on (data-fraction studies)
-            items = loop_data["train_stream"].items
-            mlflow.log_dict({"video_ids": [i["video_id"] for i in items],
-                             "labels": [int(i["label"]) for i in items]},
-                            f"ingest/{TRAIN_VIDEOS_FILE}")
-        scaling = train_scaling(cfg.run, ray.cluster_resources().get("GPU", 0))
-        trainer = ray.train.torch.TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": cfg.to_dict(), "class_names": class_names,
-                               "train_videos": train_videos,
-                               **loop_data},
-            scaling_config=ray.train.ScalingConfig(**scaling),
-            run_config=ray.train.RunConfig(
-                name=name, storage_path=storage,
-                failure_config=ray.train.FailureConfig(
-                    max_failures=cfg.run.max_failures,
-                    controller_failure_limit=max(cfg.run.max_failures, 1)),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=[MlflowEpochLogger(cfg.run.tracking_uri, mlflow_run_id),
-                           *(callbacks or [])]),
-            datasets=datasets or None,
-        )
-        result = trainer.fit()
-        outcome = _collect(result, cfg, name, mlflow_run_id, class_names, cost)
+        _log_start(cost, data)
+        with EpochLines(cfg.run.name, cfg.optim.epochs, cfg.run.print_every) as lines:
+            reporter = EpochReporter(cfg.run.tracking_uri, mlflow_run_id, lines.queue)
+            result = _trainer(cfg, data, [reporter, *(callbacks or [])]).fit()
+        outcome = _collect(result, cfg, mlflow_run_id, data.class_names, cost)
         _log_final(outcome)
         if cfg.run.register_as:
-            model_name, alias = cfg.run.register_as, cfg.run.register_alias
-            version = registry.register_model(outcome.model_dir, model_name, alias,
-                                              run_id=mlflow_run_id, cfg=cfg)
-            outcome.registered_version = version.version
-            print(f"[aim-video train] registered models:/{model_name}@{alias} "
-                  f"(version {version.version})", flush=True)
+            _register(outcome, cfg)
     return outcome
 
 
-def _collect(result: ray.train.Result, cfg: Config, name: str, mlflow_run_id: str,
+@dataclass
+class TrainingData:
+    """What :func:`prepare_data` hands the trainer: datasets or streams, classes, reports."""
+
+    loop: dict[str, Any]                       # train_loop_config entries (stream mode)
+    datasets: dict[str, ray.data.Dataset]      # Ray Train datasets (parquet mode)
+    class_names: list[str]
+    train_videos: int
+    reports: dict[str, Any]
+
+
+def prepare_data(cfg: Config) -> TrainingData:
+    """The training and validation data of ``cfg``: streams (stream mode) or stored shards."""
+    if cfg.data.mode == "stream":
+        train = ingest.build_dataset(cfg, "train", train=True)
+        val = ingest.build_dataset(cfg, "val", train=False, class_map=train.class_map)
+        for result in (train, val):
+            console.say(result.report.summary())
+        if not train.stream.items:
+            raise AnnotationError(f"data.root: no readable training video under {cfg.data.root} "
+                                  f"(see the ingest report above)")
+        return TrainingData({"train_stream": train.stream, "val_stream": val.stream}, {},
+                            train.class_map.names, len(train.stream.items),
+                            {"train": train.report.to_dict(), "val": val.report.to_dict()})
+    out = cfg.data.shards_dir or ingest.default_output_dir(cfg)
+    train_dir = ingest.materialize(cfg, "train", out)
+    val_dir = ingest.materialize(cfg, "val", out)
+    reports = {s: ingest.read_report(d).to_dict() for s, d in (("train", train_dir), ("val", val_dir))}
+    for r in reports.values():
+        console.say(f"[ingest {r['split']}/parquet] {r['good']}/{r['videos']} videos, "
+                    f"{len(r['bad'])} bad")
+    class_map = ingest.load_class_map(out)
+    datasets = {"train": ingest.training_columns(ingest.read_shards(train_dir)),
+                "val": ingest.read_shards(val_dir).select_columns(EVAL_COLUMNS)}
+    return TrainingData({}, datasets, class_map.names, reports["train"]["clips"], reports)
+
+
+def _log_start(cost: dict[str, float], data: TrainingData) -> None:
+    runs.log_model_cost(cost)
+    for split, report in data.reports.items():
+        mlflow.log_dict(report, f"ingest/{split}_report.json")
+    if "train_stream" in data.loop:  # the videos this run trains on (data-fraction studies)
+        items = data.loop["train_stream"].items
+        mlflow.log_dict({"video_ids": [i["video_id"] for i in items],
+                         "labels": [int(i["label"]) for i in items]},
+                        f"ingest/{TRAIN_VIDEOS_FILE}")
+
+
+def _trainer(cfg: Config, data: TrainingData, callbacks: list[Any]) -> ray.train.torch.TorchTrainer:
+    scaling = train_scaling(cfg.run, ray.cluster_resources().get("GPU", 0))
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "class_names": data.class_names,
+                           "train_videos": data.train_videos, **data.loop},
+        scaling_config=ray.train.ScalingConfig(**scaling),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=cfg.run.storage_path,
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.run.max_failures,
+                controller_failure_limit=max(cfg.run.max_failures, 1)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks),
+        datasets=data.datasets or None,
+    )
+
+
+def _register(outcome: TrainOutcome, cfg: Config) -> None:
+    name, alias = cfg.run.register_as, cfg.run.register_alias
+    version = registry.register_model(outcome.model_dir, name, alias,
+                                      run_id=outcome.mlflow_run_id, cfg=cfg)
+    outcome.registered_version = version.version
+    console.say(f"[aim-video train] registered models:/{name}@{alias} (version {version.version})")
+
+
+def _collect(result: ray.train.Result, cfg: Config, mlflow_run_id: str,
              class_names: list[str], cost: dict[str, float]) -> TrainOutcome:
+    name = cfg.run.name
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} produced no checkpoint: {result.error}")
     local = Path(tempfile.mkdtemp(prefix=f"aim-video-{name}-"))
@@ -187,13 +194,14 @@ def _log_final(outcome: TrainOutcome) -> None:
     """Final metrics, curves, confusion matrix, evaluation and the model checkpoint as artifacts."""
     ev = outcome.evaluation
     mlflow.log_metrics({"final_top1": ev["top1"], "final_top5": ev["top5"],
-                                 "final_mean_class_acc": ev["mean_class_acc"]})
+                        "final_mean_class_acc": ev["mean_class_acc"]})
     with tempfile.TemporaryDirectory() as tmp:
         runs.log_file(plots.plot_curves(outcome.history, Path(tmp) / "curves.png"))
         runs.log_file(plots.plot_confusion(ev["confusion"], outcome.class_names,
-                                                 Path(tmp) / "confusion.png"))
+                                           Path(tmp) / "confusion.png"))
     mlflow.log_dict(ev, "evaluation/eval.json")
     mlflow.log_artifact(str(outcome.model_dir / MODEL_FILE), "checkpoint")
-    print(f"[aim-video train] done: val top-1 {100 * ev['top1']:.1f}%, top-5 {100 * ev['top5']:.1f}%, "
-          f"mean-class {100 * ev['mean_class_acc']:.1f}% on {ev['num_videos']} videos; "
-          f"run {outcome.run_path}; MLflow run {outcome.mlflow_run_id}", flush=True)
+    console.say(f"[aim-video train] done: val top-1 {100 * ev['top1']:.1f}%, top-5 "
+                f"{100 * ev['top5']:.1f}%, mean-class {100 * ev['mean_class_acc']:.1f}% on "
+                f"{ev['num_videos']} videos; run {outcome.run_path}; MLflow run "
+                f"{outcome.mlflow_run_id}")

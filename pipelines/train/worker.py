@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import resource
 import tempfile
@@ -33,6 +34,8 @@ from aim_core.transforms import build_train_transform
 from pipelines.data import ingest
 from pipelines.evaluation.evaluate import VideoScores, score_rows
 from pipelines.train.optimization import Precision, accumulation_steps, build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 EVAL_FILE = "eval.json"
@@ -64,7 +67,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             start_epoch, history, last_eval = _restore(Path(folder), model, optimizer, precision)
-        _print(rank, f"resumed from the checkpoint of epoch {start_epoch - 1}")
+        log.info("rank %d resumed from the checkpoint of epoch %d", rank, start_epoch - 1)
 
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         scheduler.step(epoch - 1)
@@ -77,7 +80,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "train_loss": _all_mean(stats["loss"], device),
                    "train_top1": _all_mean(stats["top1"], device),
                    "lr": optimizer.param_groups[0]["lr"], "clips_per_s": clips / seconds,
-                   "epoch_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device)}
+                   "epoch_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device),
+                   "precision": precision.name}
         if epoch % cfg.optim.eval_every == 0 or epoch == cfg.optim.epochs:
             last_eval = evaluate_shards(model, cfg, _val_rows(config, rank, world), device,
                                         len(class_names))
@@ -85,7 +89,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({"val_top1": last_eval["top1"], "val_top5": last_eval["top5"],
                             "val_mean_class_acc": last_eval["mean_class_acc"]})
         history.append(metrics)
-        _print(rank, _epoch_line(metrics, cfg.optim.epochs, precision.name))
         with tempfile.TemporaryDirectory() as folder:
             report_ckpt = None
             if rank == 0:
@@ -93,21 +96,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       epoch, history, last_eval)
                 report_ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=report_ckpt)
-
-
-def _print(rank: int, text: str) -> None:
-    if rank == 0:
-        print(f"[aim-video train] {text}", flush=True)
-
-
-def _epoch_line(m: dict[str, Any], epochs: int, precision: str) -> str:
-    line = (f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  train top-1 "
-            f"{100 * m['train_top1']:.1f}%  lr {m['lr']:.2e}  {m['clips_per_s']:.1f} clips/s  "
-            f"peak {m['peak_memory_mb']:.0f} MB  {precision}  ({m['epoch_seconds']:.1f} s)")
-    if "val_top1" in m:
-        line += (f"  | val top-1 {100 * m['val_top1']:.1f}%  top-5 {100 * m['val_top5']:.1f}%  "
-                 f"mean-class {100 * m['val_mean_class_acc']:.1f}%")
-    return line
 
 
 def _train_batches(config: dict[str, Any], cfg: Config, epoch: int, rank: int,
