@@ -131,6 +131,16 @@ class Location:
     def make_dirs(self) -> None:
         self.fs.create_dir(self.path, recursive=True)
 
+    def names(self) -> list[str]:
+        """The names of the files and folders directly inside this folder (none if it is absent)."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(selector))
+
+    def delete(self) -> None:
+        """Remove the file; one that is already gone is no error."""
+        with suppress(FileNotFoundError):
+            self.fs.delete_file(self.path)
+
     @contextmanager
     def open_for_reading(self) -> Iterator[str | pafs.NativeFile]:
         """A local path as is, a URI as a seekable pyarrow file (what PyAV reads)."""

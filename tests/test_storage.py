@@ -82,3 +82,14 @@ def test_a_write_that_fails_leaves_the_old_file_as_it_was(folder, tmp_path):
         target.write_bytes("not bytes")               # fails after the output was opened
     assert target.read_text() == '{"classes": ["a"]}'
     assert sorted(os.listdir(tmp_path)) == ["class_map.json"]
+
+
+def test_a_folder_lists_its_names_and_files_can_be_deleted(folder):
+    where = Location.of(folder) / "shards"
+    assert where.names() == []                         # not there yet: nothing, no error
+    for name in ("b.parquet", "a.parquet"):
+        (where / name).write_bytes(b"x")
+    assert where.names() == ["a.parquet", "b.parquet"]
+    (where / "a.parquet").delete()
+    (where / "a.parquet").delete()                      # already gone: no error
+    assert where.names() == ["b.parquet"]
