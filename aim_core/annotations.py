@@ -433,8 +433,8 @@ def _walk_local(listing: _Listing) -> None:
                 real = os.path.realpath(entry.path)
                 if os.path.commonpath([real, base]) != base:
                     if entry.is_dir() or _is_video(entry.name):
-                        listing.skipped.append((listing.path(rel), f"symbolic link to {real}, "
-                                                                   f"outside data.root: not followed"))
+                        reason = f"symbolic link to {real}, outside data.root: not followed"
+                        listing.skipped.append((listing.path(rel), reason))
                 elif os.path.isfile(real):  # a linked folder's files are listed where they are
                     files.add(os.path.relpath(real, base).replace(os.sep, "/"))
             elif entry.is_dir():

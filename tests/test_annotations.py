@@ -232,10 +232,11 @@ def test_an_empty_class_folder_fails_unless_the_class_map_lists_the_class(tmp_pa
     touch(root / "e" / "readme.txt")                                # no videos either
     cfg = DataConfig(root=str(root), format="folder")
 
-    with pytest.raises(AnnotationError, match=rf"^data\.root: class folder {re.escape(str(root / 'd'))} "
-                                              rf"has no videos \(nor {re.escape(str(root / 'e'))}\)"):
+    d, e = re.escape(str(root / "d")), re.escape(str(root / "e"))
+    with pytest.raises(AnnotationError, match=rf"^data\.root: class folder {d} has no videos "
+                                              rf"\(nor {e}\)"):
         load_split(cfg, "train")
-    with pytest.raises(AnnotationError, match="class folder .* has no videos"):
+    with pytest.raises(AnnotationError, match=rf"class folder {e} has no videos;"):
         load_split(cfg, "val", ClassMap(["a", "b", "c", "d"]))      # e is not a known class
 
     (root / "e" / "readme.txt").unlink()
@@ -252,12 +253,13 @@ def test_a_root_without_videos_fails_even_with_a_saved_class_map(tmp_path, layou
     if layout == "wrong":                                            # e.g. the parent folder
         touch(root / "notes" / "todo.txt")
     cfg = DataConfig(root=str(root), format="folder")
-    with pytest.raises(AnnotationError, match=rf"^data\.root: {re.escape(str(root))} has no videos"):
+    no_videos = rf"^data\.root: {re.escape(str(root))} has no videos"
+    with pytest.raises(AnnotationError, match=no_videos):
         load_split(cfg, "train", ClassMap(["a", "b", "c"]))
-    csv_cfg = DataConfig(root=str(root), format="kinetics_csv",
-                         train_annotations=str(touch(tmp_path / "t.csv")))
     (tmp_path / "t.csv").write_text("label,youtube_id,time_start,time_end\nzumba,abc,10,20\n")
-    with pytest.raises(AnnotationError, match=rf"^data\.root: {re.escape(str(root))} has no videos"):
+    csv_cfg = DataConfig(root=str(root), format="kinetics_csv",
+                         train_annotations=str(tmp_path / "t.csv"))
+    with pytest.raises(AnnotationError, match=no_videos):
         load_split(csv_cfg, "train")
 
 
@@ -310,6 +312,14 @@ def test_class_map_round_trips_with_metadata(tmp_path):
     assert back.metadata == {"temporal_order": {"a": True, "b": False}}
     with pytest.raises(AnnotationError, match="duplicated"):
         ClassMap(["a", "a"])
+
+
+def test_a_truncated_class_map_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "class_map.json"
+    ClassMap(["a", "b"]).save(str(path))
+    path.write_text(path.read_text()[:12])
+    with pytest.raises(AnnotationError, match=r"^class map: .*class_map\.json is not valid JSON"):
+        ClassMap.load(str(path))
 
 
 def test_fraction_subsets_are_stratified_nested_and_keep_every_class():
