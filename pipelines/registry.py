@@ -27,7 +27,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
 from aim_core.backbones import BackboneError, BackboneIdentity
-from aim_core.checkpoint import MODEL_FILE, load_model, read_model_file
+from aim_core.checkpoint import MODEL_FILE, ModelFileError, load_model, read_model_file
 from aim_core.config import Config, DataConfig, ModelConfig
 from aim_core.model import VideoClassifier
 
@@ -204,7 +204,7 @@ def resolve_model(ref: str | Path, device: str | torch.device = "cpu") -> Loaded
     if path.is_dir() or path.suffix == ".pt":
         try:
             return load_model(path, device=device)
-        except BackboneError:
+        except ModelFileError:
             if path.is_dir() or not _is_official(path):
                 raise
     return _load_official(path, device)
@@ -217,8 +217,8 @@ def _load_downloaded(local: Path, device: str | torch.device) -> LoadedModel:
         spec = yaml.safe_load(mlmodel.read_text())
         arts = (spec.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
         if "model" not in arts:
-            raise BackboneError(f"{local}: an MLflow model, but not an aim-video one (no 'model' "
-                                f"artifact)")
+            raise ModelFileError(f"{local}: an MLflow model, but not an aim-video one (no 'model' "
+                                 f"artifact)")
         ckpt = local / arts["model"]["path"]
         backbone = local / arts["backbone"]["path"] if "backbone" in arts else None
     else:
@@ -241,7 +241,7 @@ def _is_official(path: Path) -> bool:
     try:
         read_official_state(path)
         return True
-    except BackboneError:
+    except ModelFileError:
         return False
 
 
