@@ -5,7 +5,8 @@ graphs: a ``mlflow.pyfunc`` model whose artifacts are ``model.pt`` (config + tun
 backbone identity, loaded with ``weights_only=True``) and, when the backbone came from a local file,
 that file too, so the registered model loads offline. :class:`AimVideoPyfunc` serves it to generic
 MLflow tooling; :func:`resolve_model` loads it back as our own :class:`VideoClassifier` without
-unpickling anything.
+unpickling anything, and only from files inside the downloaded model folder, whatever a tampered
+``MLmodel`` file says.
 """
 
 from __future__ import annotations
@@ -219,20 +220,32 @@ def _load_downloaded(local: Path, device: str | torch.device) -> LoadedModel:
         if "model" not in arts:
             raise ModelFileError(f"{local}: an MLflow model, but not an aim-video one (no 'model' "
                                  f"artifact)")
-        ckpt = local / arts["model"]["path"]
-        backbone = local / arts["backbone"]["path"] if "backbone" in arts else None
+        ckpt = _inside(local, arts["model"]["path"], "model")
+        backbone = (_inside(local, arts["backbone"]["path"], "backbone")
+                    if "backbone" in arts else None)
     else:
         found = [local] if local.is_file() else sorted(local.rglob(MODEL_FILE))
         if len(found) != 1:
             raise FileNotFoundError(f"expected one {MODEL_FILE} in the downloaded artifacts, "
                                     f"found {len(found)}")
-        ckpt, backbone = found[0], None
+        ckpt, backbone = _inside(local, str(found[0]), MODEL_FILE), None
     model, cfg, class_names = load_model(ckpt, backbone_file=backbone, device=device)
     if backbone is not None:  # the download is temporary: describe the model as it was trained
         identity = read_model_file(ckpt)["backbone"]
         cfg.model.backbone.pretrained = identity["pretrained"]
         model.backbone_identity = BackboneIdentity(**identity)
     return model, cfg, class_names
+
+
+def _inside(folder: Path, rel: str, artifact: str) -> Path:
+    """``rel`` under the downloaded ``folder``, resolved (links included), which must stay inside
+    it: an ``MLmodel`` can name any path, and would otherwise load any checkpoint on disk."""
+    base = folder.resolve() if folder.is_dir() else folder.parent.resolve()
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base):
+        raise ModelFileError(f"{folder}: artifact {artifact!r} ({rel}) leads outside the "
+                             f"downloaded model folder; refusing to load it")
+    return path
 
 
 def _is_official(path: Path) -> bool:

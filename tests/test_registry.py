@@ -10,10 +10,12 @@ import numpy as np
 import open_clip.model
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from aim_core.backbones import build_model
-from aim_core.checkpoint import save_model
+from aim_core.checkpoint import ModelFileError, save_model
 from pipelines import registry, tracking
 
 from .modeltools import CLASSES, clips, tracked_config, trained_like
@@ -110,3 +112,33 @@ def test_runs_uri_of_a_logged_checkpoint_folder_resolves(tmp_path):
 def test_missing_model_reference_says_what_is_accepted(tmp_path):
     with pytest.raises(FileNotFoundError, match="models:/NAME@ALIAS"):
         registry.resolve_model(tmp_path / "nothing-here")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pointer", ["absolute", "relative", "link"])
+def test_a_registered_model_whose_files_lead_outside_its_folder_is_refused(tmp_path, pointer):
+    """A tampered ``MLmodel`` (or a link inside the model folder) must not make the registry
+    load some other checkpoint on the machine."""
+    cfg = tracked_config(tmp_path)
+    registry.register_model(save_model(tmp_path / "ckpt", build_model(cfg.model).eval(), cfg,
+                                       CLASSES), "tiny-tampered")
+    elsewhere = save_model(tmp_path / "elsewhere", trained_like(build_model(cfg.model)), cfg,
+                           CLASSES)
+    (mlmodel,) = (tmp_path / "mlartifacts").rglob("MLmodel")
+    spec = yaml.safe_load(mlmodel.read_text())
+    arts = spec["flavors"]["python_function"]["artifacts"]
+    if pointer == "link":
+        stored = mlmodel.parent / arts["model"]["path"]
+        stored.unlink()
+        stored.symlink_to(elsewhere)
+    else:
+        arts["model"]["path"] = (str(elsewhere) if pointer == "absolute"
+                                 else "../" * 12 + str(elsewhere).lstrip("/"))
+        mlmodel.write_text(yaml.safe_dump(spec))
+
+    # MLflow's own download refuses the link; our loader refuses the paths.
+    error, message = ((MlflowException, "resolved path is outside the artifact directory")
+                      if pointer == "link" else
+                      (ModelFileError, r"artifact 'model' .* leads outside the downloaded model"))
+    with pytest.raises(error, match=message):
+        registry.resolve_model("models:/tiny-tampered@champion")
