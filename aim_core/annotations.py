@@ -417,18 +417,20 @@ def _walk_local(listing: _Listing) -> None:
     """Fill ``listing`` from the real folder tree: a link is never walked into, a link to a file
     inside the root counts as that file, and a link that leads out of the root is reported."""
     base = os.path.realpath(listing.base)
+    start = len(os.path.join(base, ""))         # entry paths are base + "/" + their relative path
     files: set[str] = set()
     pending = [base]
     while pending:
         folder = pending.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(folder) as found:
+                entries = list(found)
         except OSError as exc:
             raise AnnotationError(f"data.root: cannot list {listing.root} ({exc})") from None
         for entry in entries:
             if _hidden(entry.name):
                 continue
-            rel = os.path.relpath(entry.path, base).replace(os.sep, "/")
+            rel = entry.path[start:].replace(os.sep, "/")
             if entry.is_symlink():
                 real = os.path.realpath(entry.path)
                 if os.path.commonpath([real, base]) != base:
