@@ -5,9 +5,14 @@ Everything downstream (ingest, train, evaluate, predict) sees the same two thing
 back in later stages, so label indices never drift when a folder gains a class or a CSV is reordered.
 
 Paths may be local or ``s3://`` / ``gs://`` URIs (listed and read through :mod:`pyarrow.fs`).
-Structural problems (missing file, unknown format, unreadable root, malformed line) raise
-:class:`AnnotationError` naming the file or field; a *video* whose label is not in the class map or
-whose file is absent is not an error, it is returned in :attr:`Split.rejected` for the ingest report.
+Structural problems (missing file, unknown format, unreadable root, malformed line, a root without
+videos, an empty class folder) raise :class:`AnnotationError` naming the file or field; a *video*
+whose label is not in the class map or whose file is absent is not an error, it is returned in
+:attr:`Split.rejected` for the ingest report.
+
+A local data root is walked without following symbolic links: every real file is listed once,
+under the folder it really is in (so a link can neither duplicate a video nor relabel it), and a
+link that leaves the root is reported in :attr:`Split.rejected`, never followed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import csv
 import io
 import json
 import math
+import os
 import posixpath
 import zlib
 from dataclasses import dataclass, field
@@ -83,7 +89,7 @@ class ClassMap:
 
     @classmethod
     def load(cls, path: str) -> "ClassMap":
-        data = json.loads(_read_text(path, "class map"))
+        data = _read_json(path, "class map")
         if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
             raise AnnotationError(f"{path}: a class map needs a 'classes' list")
         return cls(data["classes"], data.get("metadata"))
@@ -93,12 +99,14 @@ class ClassMap:
 class Split:
     """The videos of one split, their class map, and the annotated videos that were left out.
 
-    Unpacks as ``records, class_map = load_split(...)``; ``rejected`` holds ``(path, reason)``.
+    Unpacks as ``records, class_map = load_split(...)``; ``rejected`` holds ``(path, reason)``;
+    ``empty_class_folders`` the class folders without videos that the class map allowed.
     """
 
     records: list[VideoRecord]
     class_map: ClassMap
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    empty_class_folders: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Any]:
         yield self.records
@@ -161,33 +169,44 @@ def fraction_subset(records: Sequence[VideoRecord], fraction: float, seed: int
 
 def _load_folder(cfg: DataConfig, split: str, class_map: ClassMap | None) -> Split:
     """``root/<class>/<video>``; classes sorted by name; seeded stratified train/val split."""
-    fs, root = _filesystem(cfg.root, "data.root")
-    entries = _list(fs, root, "data.root", recursive=True)
-    found_classes = sorted(e.path[len(root) + 1:] for e in entries
-                           if e.type == pafs.FileType.Directory and "/" not in e.path[len(root) + 1:]
-                           and not _hidden(e.base_name))
-    if class_map is None:
-        if not found_classes:
-            raise AnnotationError(f"data.root: {cfg.root} has no class sub-folders "
-                                  f"(format 'folder' expects root/<class>/<video>)")
-        class_map = ClassMap(found_classes)
-    records, rejected = [], []
-    for e in sorted(entries, key=lambda e: e.path):
-        if e.type != pafs.FileType.File or not _is_video(e.base_name):
-            continue
-        rel = PurePosixPath(e.path[len(root) + 1:])
-        uri = _uri(cfg.root, e.path)
-        if len(rel.parts) < 2 or any(_hidden(p) for p in rel.parts):
-            if len(rel.parts) < 2:
-                rejected.append((uri, "not inside a class folder"))
-            continue
+    listing = _list_root(cfg.root)
+    videos = [PurePosixPath(rel) for rel in listing.files
+              if _is_video(rel) and not any(_hidden(p) for p in PurePosixPath(rel).parts)]
+    found_classes = sorted(f for f in listing.folders if not _hidden(f))
+    if class_map is None and not found_classes:
+        raise AnnotationError(f"data.root: {cfg.root} has no class sub-folders "
+                              f"(format 'folder' expects root/<class>/<video>)")
+    if not any(len(rel.parts) > 1 for rel in videos):
+        raise AnnotationError(f"data.root: {cfg.root} has no videos in class sub-folders "
+                              f"(format 'folder' expects root/<class>/<video>)")
+    empty = _empty_class_folders(listing, found_classes, videos, class_map)
+    class_map = class_map or ClassMap(found_classes)
+    records, rejected = [], list(listing.skipped)
+    for rel in videos:
+        uri = listing.path(str(rel))
         name = rel.parts[0]
-        if name not in class_map:
+        if len(rel.parts) < 2:
+            rejected.append((uri, "not inside a class folder"))
+        elif name not in class_map:
             rejected.append((uri, f"class folder {name!r} is not in the class map"))
-            continue
-        records.append(VideoRecord(uri, class_map.index(name), str(rel.with_suffix("")), name))
+        else:
+            records.append(VideoRecord(uri, class_map.index(name), str(rel.with_suffix("")), name))
     train, val = stratified_split(records, cfg.val_fraction, cfg.seed)
-    return Split(train if split == "train" else val, class_map, rejected)
+    return Split(train if split == "train" else val, class_map, rejected, empty)
+
+
+def _empty_class_folders(listing: _Listing, classes: list[str], videos: list[PurePosixPath],
+                         class_map: ClassMap | None) -> list[str]:
+    """Class folders without videos. A class map that lists them allows them (a validation set
+    may lack a class); otherwise an empty folder would silently become a class, so it fails."""
+    filled = {rel.parts[0] for rel in videos if len(rel.parts) > 1}
+    empty = [c for c in classes if c not in filled]
+    unknown = [listing.path(c) for c in empty if class_map is None or c not in class_map]
+    if unknown:
+        more = f" (nor {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+        raise AnnotationError(f"data.root: class folder {unknown[0]} has no videos{more}; add "
+                              f"videos, remove it, or pass a class map that lists the class")
+    return [listing.path(c) for c in empty]
 
 
 def _load_kinetics_csv(cfg: DataConfig, split: str, class_map: ClassMap | None) -> Split:
@@ -200,8 +219,8 @@ def _load_kinetics_csv(cfg: DataConfig, split: str, class_map: ClassMap | None) 
             source = cfg.train_annotations or path
             field_name = "data.train_annotations" if cfg.train_annotations else _field(split)
             class_map = ClassMap(sorted({row["label"] for row in _read_csv(source, field_name)}))
-    files = _index_files(cfg.root)
-    records, rejected = [], []
+    files, rejected = _index_files(cfg.root)
+    records = []
     for row in _read_csv(path, _field(split)):
         video_id = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_" \
                    f"{int(float(row['time_end'])):06d}"
@@ -258,8 +277,8 @@ def _load_ssv2_json(cfg: DataConfig, split: str, class_map: ClassMap | None) -> 
     entries = _read_json(path, _field(split))
     if not isinstance(entries, list):
         raise AnnotationError(f"{_field(split)}: {path} must be a JSON list of entries")
-    files = _index_files(cfg.root)
-    records, rejected = [], []
+    files, rejected = _index_files(cfg.root)
+    records = []
     for n, entry in enumerate(entries):
         if not isinstance(entry, dict) or "id" not in entry or "template" not in entry:
             raise AnnotationError(f"{_field(split)}: {path} entry {n} needs 'id' and 'template'")
@@ -336,23 +355,99 @@ def _read_json(path: str, field_name: str) -> Any:
         raise AnnotationError(f"{field_name}: {path} is not valid JSON ({exc})") from None
 
 
-def _index_files(root: str) -> dict[str, str]:
-    """Video files under ``root`` (recursively) by file stem: one listing, any layout."""
-    fs, base = _filesystem(root, "data.root")
+def _index_files(root: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Video files under ``root`` (recursively) by file stem, one listing for any layout; and the
+    links that were not followed, as ``(path, reason)``."""
+    listing = _list_root(root)
     out: dict[str, str] = {}
-    for e in sorted(_list(fs, base, "data.root", recursive=True), key=lambda e: e.path):
-        if e.type == pafs.FileType.File and _is_video(e.base_name):
-            out.setdefault(posixpath.splitext(e.base_name)[0], _uri(root, e.path))
-    return out
+    for rel in listing.files:
+        if _is_video(posixpath.basename(rel)):
+            out.setdefault(posixpath.splitext(posixpath.basename(rel))[0], listing.path(rel))
+    if not out:
+        raise AnnotationError(f"data.root: {root} has no videos ({', '.join(VIDEO_EXTENSIONS)})")
+    return out, listing.skipped
 
 
 # ----------------------------------------------------------------------------------------------
 # Filesystem helpers (local paths or URIs)
 # ----------------------------------------------------------------------------------------------
 
-def _filesystem(path: str, field_name: str) -> tuple[pafs.FileSystem, str]:
-    location = _location(path, field_name)
-    return location.fs, location.path
+@dataclass
+class _Listing:
+    """What a data root holds, each real file once, as paths relative to the root (sorted)."""
+
+    root: str                                # as the user gave it: a local path or a URI
+    base: str                                # its path on the filesystem
+    files: list[str]
+    folders: list[str]                       # the root's own sub-folders (class folders)
+    skipped: list[tuple[str, str]]           # (path, reason) of links that were not followed
+
+    def path(self, rel: str) -> str:
+        """What the user would call ``rel``: a local path, or a full URI."""
+        if is_uri(self.root):
+            return f"{self.root.split('://', 1)[0]}://{self.base.rstrip('/')}/{rel}"
+        return join(self.root, rel)
+
+
+def _list_root(root: str) -> _Listing:
+    location = _location(root, "data.root")
+    info = location.info()
+    if info.type != pafs.FileType.Directory:
+        what = "does not exist" if info.type == pafs.FileType.NotFound else "is not a directory"
+        raise AnnotationError(f"data.root: {location.path} {what}")
+    listing = _Listing(root, location.path, [], [], [])
+    if isinstance(location.fs, pafs.LocalFileSystem):
+        _walk_local(listing)
+        return listing
+    try:  # object stores have no links
+        entries = location.fs.get_file_info(pafs.FileSelector(location.path, recursive=True))
+    except OSError as exc:
+        raise AnnotationError(f"data.root: cannot list {root} ({exc})") from None
+    start = len(location.path.rstrip("/")) + 1
+    for e in sorted(entries, key=lambda e: e.path):
+        rel = e.path[start:]
+        if e.type == pafs.FileType.File:
+            listing.files.append(rel)
+        elif e.type == pafs.FileType.Directory and "/" not in rel:
+            listing.folders.append(rel)
+    return listing
+
+
+def _walk_local(listing: _Listing) -> None:
+    """Fill ``listing`` from the real folder tree: a link is never walked into, a link to a file
+    inside the root counts as that file, and a link that leads out of the root is reported."""
+    base = os.path.realpath(listing.base)
+    start = len(os.path.join(base, ""))         # entry paths are base + "/" + their relative path
+    files: set[str] = set()
+    pending = [base]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as found:
+                entries = list(found)
+        except OSError as exc:
+            raise AnnotationError(f"data.root: cannot list {listing.root} ({exc})") from None
+        for entry in entries:
+            if _hidden(entry.name):
+                continue
+            rel = entry.path[start:].replace(os.sep, "/")
+            if entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                if os.path.commonpath([real, base]) != base:
+                    if entry.is_dir() or _is_video(entry.name):
+                        reason = f"symbolic link to {real}, outside data.root: not followed"
+                        listing.skipped.append((listing.path(rel), reason))
+                elif os.path.isfile(real):  # a linked folder's files are listed where they are
+                    files.add(os.path.relpath(real, base).replace(os.sep, "/"))
+            elif entry.is_dir():
+                pending.append(entry.path)
+                if folder == base:
+                    listing.folders.append(entry.name)
+            elif entry.is_file():
+                files.add(rel)
+    listing.files = sorted(files)
+    listing.folders.sort()
+    listing.skipped.sort()
 
 
 def _location(path: str, field_name: str) -> Location:
@@ -360,25 +455,6 @@ def _location(path: str, field_name: str) -> Location:
         return Location.of(path)
     except Exception as exc:  # pyarrow raises several types for bad/unsupported URIs
         raise AnnotationError(f"{field_name}: cannot open {path} ({exc})") from None
-
-
-def _uri(original_root: str, fs_path: str) -> str:
-    """Turn a filesystem path back into what the user gave: a local path or a full URI."""
-    if is_uri(original_root):
-        return f"{original_root.split('://', 1)[0]}://{fs_path}"
-    return fs_path
-
-
-def _list(fs: pafs.FileSystem, base: str, field_name: str, recursive: bool
-          ) -> list[pafs.FileInfo]:
-    info = fs.get_file_info(base)
-    if info.type != pafs.FileType.Directory:
-        what = "does not exist" if info.type == pafs.FileType.NotFound else "is not a directory"
-        raise AnnotationError(f"{field_name}: {base} {what}")
-    try:
-        return fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
-    except OSError as exc:
-        raise AnnotationError(f"{field_name}: cannot list {base} ({exc})") from None
 
 
 def _read_text(path: str, field_name: str) -> str:

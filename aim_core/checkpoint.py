@@ -3,7 +3,7 @@
 A ViT-B/16 AIM checkpoint holds 11M weights instead of 97M; the frozen backbone is rebuilt from its
 tag or local file, whose SHA-256 is checked so a checkpoint cannot silently be paired with the wrong
 backbone. A randomly initialised backbone cannot be rebuilt, so then every weight is stored.
-Everything loads with ``weights_only=True``.
+Everything loads with ``weights_only=True``: a model file can hold tensors and plain values only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,22 @@ log = logging.getLogger(__name__)
 
 FORMAT = "aim-video/1"
 MODEL_FILE = "model.pt"
+
+
+class ModelFileError(ValueError):
+    """A file that should hold a model does not: unreadable, wrong format, or weights that do not
+    fit. (:class:`~aim_core.backbones.BackboneError` is for the frozen backbone itself.)"""
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line of an error for a :class:`ModelFileError`: torch's unpickling errors span
+    paragraphs of advice (including how to load the file unsafely) around the one that matters."""
+    text = str(exc)
+    if "WeightsUnpickler error: " in text:
+        text = text.split("WeightsUnpickler error: ", 1)[1].split(". Please use", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if not line.endswith(":")),  # skip "Error(s) in ...:"
+                lines[0] if lines else type(exc).__name__)
 
 
 def save_model(path: str | Path, model: VideoClassifier, cfg: Config,
@@ -53,9 +69,13 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no model checkpoint at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types
+        raise ModelFileError(f"{path}: not readable with weights_only=True "
+                             f"({short_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise BackboneError(f"{path} is not an aim-video checkpoint (format {FORMAT})")
+        raise ModelFileError(f"{path} is not an aim-video checkpoint (format {FORMAT})")
     return payload
 
 
@@ -74,12 +94,16 @@ def load_model(path: str | Path, backbone_file: str | Path | None = None,
             cfg.model.backbone.pretrained = str(backbone_file)
         _check_backbone_file(cfg, identity)
         model = build_model(cfg.model)
-    result = model.load_state_dict(payload["state_dict"], strict=identity["random_init"])
+    try:
+        result = model.load_state_dict(payload["state_dict"], strict=identity["random_init"])
+    except RuntimeError as exc:  # strict loading, or weights of another shape
+        raise ModelFileError(f"{path}: weights do not fit the model of its config "
+                             f"({short_reason(exc)})") from None
     if result.unexpected_keys:
-        raise BackboneError(f"{path}: unexpected weights {result.unexpected_keys[:5]}")
+        raise ModelFileError(f"{path}: unexpected weights {result.unexpected_keys[:5]}")
     missing_tunable = [k for k in result.missing_keys if model.is_tunable(k)]
     if missing_tunable:
-        raise BackboneError(f"{path}: checkpoint lacks trained weights {missing_tunable[:5]}")
+        raise ModelFileError(f"{path}: checkpoint lacks trained weights {missing_tunable[:5]}")
     return model.to(device).eval(), cfg, payload["class_names"]
 
 

@@ -5,6 +5,9 @@ storage, and videos may be read straight from a bucket. Everything reads and wri
 :class:`Location`, so a local path and a URI behave the same; local paths stay OS paths, which PyAV
 opens fastest. A :class:`Location` resolves its filesystem once and its children share it (resolving
 an ``s3://`` URI can cost a request).
+
+Every write replaces a file whole (see :meth:`Location.write_with`): a crash or a failed write
+leaves the old file as it was, never a truncated one that later runs choke on.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ import json
 import os
 import posixpath
 import re
-from contextlib import contextmanager
+import uuid
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
+# Filesystems that publish an object only when its upload completes (pyarrow ``type_name``s).
+_OBJECT_STORES = ("s3", "gcs", "abfs")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
@@ -93,11 +100,35 @@ class Location:
         text = self.read_text()
         return None if text is None else json.loads(text)
 
+    def write_with(self, produce: Callable[[pa.NativeFile], Any]) -> None:
+        """Write the file with ``produce(stream)``, creating its folder; afterwards the file holds
+        either its old contents or all of the new ones.
+
+        On a filesystem, ``produce`` writes a temporary file in the same folder, which is renamed
+        over the file once it returns and removed if it raises. An object store publishes an
+        object only when its one upload completes, but closing a stream completes it, even after
+        an error: there the data is produced in memory and put in one go.
+        """
+        folder = posixpath.dirname(self.path)
+        self.fs.create_dir(folder, recursive=True)
+        if self.fs.type_name in _OBJECT_STORES:
+            buffer = pa.BufferOutputStream()
+            produce(buffer)
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(buffer.getvalue())
+            return
+        tmp = posixpath.join(folder, f".{posixpath.basename(self.path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                produce(f)
+            self.fs.move(tmp, self.path)
+        except BaseException:
+            with suppress(OSError):
+                self.fs.delete_file(tmp)
+            raise
+
     def write_bytes(self, data: bytes) -> None:
-        """Write the file, creating its folder."""
-        self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
-        with self.fs.open_output_stream(self.path) as f:
-            f.write(data)
+        self.write_with(lambda f: f.write(data))
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
@@ -107,6 +138,16 @@ class Location:
 
     def make_dirs(self) -> None:
         self.fs.create_dir(self.path, recursive=True)
+
+    def names(self) -> list[str]:
+        """The names of the files and folders directly inside this folder (none if it is absent)."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(selector))
+
+    def delete(self) -> None:
+        """Remove the file; one that is already gone is no error."""
+        with suppress(FileNotFoundError):
+            self.fs.delete_file(self.path)
 
     @contextmanager
     def open_for_reading(self) -> Iterator[str | pafs.NativeFile]:

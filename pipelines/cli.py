@@ -370,6 +370,7 @@ def expected_failure(exc: BaseException) -> bool:
 
     from aim_core.annotations import AnnotationError
     from aim_core.backbones import BackboneError
+    from aim_core.checkpoint import ModelFileError
     from aim_core.video import VideoDecodeError
     from pipelines.evaluation.compare import EvalMismatchError
     from pipelines.preflight import InlineCredentialsError, StorageError
@@ -377,7 +378,8 @@ def expected_failure(exc: BaseException) -> bool:
     from pipelines.train.driver import RunExistsError
 
     return isinstance(exc, (ConfigError, AnnotationError, InlineCredentialsError, StorageError,
-                            RunExistsError, BackboneError, ModelReferenceError, VideoDecodeError,
+                            RunExistsError, BackboneError, ModelFileError, ModelReferenceError,
+                            VideoDecodeError,
                             EvalMismatchError, MlflowException, OSError))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,114 @@ def test_ssv2_json_label_is_the_template_without_brackets(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# Links, empty class folders and empty roots
+# ----------------------------------------------------------------------------------------------
+
+def three_classes(root: Path) -> set[str]:
+    """``root/{a,b,c}/{a,b,c}_{0,1,2}.mp4``: nine real files; returns their paths."""
+    return {str(touch(root / c / f"{c}_{i}.mp4")) for c in "abc" for i in range(3)}
+
+
+def test_a_symlink_loop_lists_each_real_file_once_with_its_own_label(tmp_path):
+    root = tmp_path / "videos"
+    real = three_classes(root)
+    (root / "b" / "loop").symlink_to("..")                         # b/loop/a/a_0.mp4, b/loop/b/...
+    (root / "a" / "also_b0.mp4").symlink_to(root / "b" / "b_0.mp4")  # a file linked into class a
+    cfg = DataConfig(root=str(root), format="folder", val_fraction=0.34, seed=0)
+
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+
+    listed = train.records + val.records
+    assert sorted(r.path for r in listed) == sorted(real)
+    assert len({r.video_id for r in listed}) == 9
+    assert all(Path(r.path).parent.name == r.label_name == train.class_map.name(r.label)
+               for r in listed)
+    assert train.class_map.names == ["a", "b", "c"] and train.rejected == []
+    assert count(train.records) == {0: 2, 1: 2, 2: 2} and count(val.records) == {0: 1, 1: 1, 2: 1}
+
+
+def test_links_that_leave_the_root_are_reported_and_not_followed(tmp_path):
+    root, outside = tmp_path / "videos", tmp_path / "elsewhere"
+    three_classes(root)
+    touch(outside / "secret" / "s_0.mp4")
+    (root / "c" / "out").symlink_to(outside)                        # a folder outside the root
+    (root / "secret").symlink_to(outside / "secret")               # a class folder outside it
+    (root / "a" / "stray.mp4").symlink_to(outside / "secret" / "s_0.mp4")
+    (root / "a" / "up").symlink_to(tmp_path)                        # a loop through the parent
+    cfg = DataConfig(root=str(root), format="folder", val_fraction=0.34)
+
+    split = load_split(cfg, "train")
+
+    assert split.class_map.names == ["a", "b", "c"]
+    assert not any("elsewhere" in r.path for r in split.records)
+    assert len(split.records) + len(load_split(cfg, "val").records) == 9
+    reasons = dict(split.rejected)
+    assert set(reasons) == {str(root / "c" / "out"), str(root / "secret"),
+                            str(root / "a" / "stray.mp4"), str(root / "a" / "up")}
+    assert reasons[str(root / "secret")] == (f"symbolic link to {outside / 'secret'}, outside "
+                                             f"data.root: not followed")
+
+
+def test_annotation_formats_index_each_real_file_once_and_never_outside_the_root(tmp_path):
+    root = tmp_path / "videos"
+    touch(root / "k" / "abc_000010_000020.mp4")
+    touch(tmp_path / "elsewhere" / "def_000000_000010.mp4")
+    (root / "k" / "loop").symlink_to("..")
+    (root / "out").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end\n"
+                                        "zumba,abc,10,20\nyoga,def,0,10\n")
+    cfg = DataConfig(root=str(root), format="kinetics_csv",
+                     train_annotations=str(tmp_path / "train.csv"))
+
+    split = load_split(cfg, "train")
+
+    assert [(r.video_id, r.path) for r in split.records] == [
+        ("abc_000010_000020", str(root / "k" / "abc_000010_000020.mp4"))]
+    assert dict(split.rejected) == {
+        str(root / "out"): f"symbolic link to {tmp_path / 'elsewhere'}, outside data.root: "
+                           f"not followed",
+        "def_000000_000010": f"no video file named def_000000_000010.* under {root}"}
+
+
+def test_an_empty_class_folder_fails_unless_the_class_map_lists_the_class(tmp_path):
+    root = tmp_path / "videos"
+    three_classes(root)
+    (root / "d").mkdir()
+    touch(root / "e" / "readme.txt")                                # no videos either
+    cfg = DataConfig(root=str(root), format="folder")
+
+    d, e = re.escape(str(root / "d")), re.escape(str(root / "e"))
+    with pytest.raises(AnnotationError, match=rf"^data\.root: class folder {d} has no videos "
+                                              rf"\(nor {e}\)"):
+        load_split(cfg, "train")
+    with pytest.raises(AnnotationError, match=rf"class folder {e} has no videos;"):
+        load_split(cfg, "val", ClassMap(["a", "b", "c", "d"]))      # e is not a known class
+
+    (root / "e" / "readme.txt").unlink()
+    (root / "e").rmdir()
+    split = load_split(cfg, "val", ClassMap(["a", "b", "c", "d"]))   # e.g. a val set lacking d
+    assert split.empty_class_folders == [str(root / "d")]
+    assert len(split.class_map) == 4 and {r.label_name for r in split.records} == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("layout", ["empty", "wrong"])
+def test_a_root_without_videos_fails_even_with_a_saved_class_map(tmp_path, layout):
+    root = tmp_path / "videos"
+    root.mkdir()
+    if layout == "wrong":                                            # e.g. the parent folder
+        touch(root / "notes" / "todo.txt")
+    cfg = DataConfig(root=str(root), format="folder")
+    no_videos = rf"^data\.root: {re.escape(str(root))} has no videos"
+    with pytest.raises(AnnotationError, match=no_videos):
+        load_split(cfg, "train", ClassMap(["a", "b", "c"]))
+    (tmp_path / "t.csv").write_text("label,youtube_id,time_start,time_end\nzumba,abc,10,20\n")
+    csv_cfg = DataConfig(root=str(root), format="kinetics_csv",
+                         train_annotations=str(tmp_path / "t.csv"))
+    with pytest.raises(AnnotationError, match=no_videos):
+        load_split(csv_cfg, "train")
+
+
+# ----------------------------------------------------------------------------------------------
 # Failing fast with a message that names the problem
 # ----------------------------------------------------------------------------------------------
 
@@ -203,6 +312,14 @@ def test_class_map_round_trips_with_metadata(tmp_path):
     assert back.metadata == {"temporal_order": {"a": True, "b": False}}
     with pytest.raises(AnnotationError, match="duplicated"):
         ClassMap(["a", "a"])
+
+
+def test_a_truncated_class_map_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "class_map.json"
+    ClassMap(["a", "b"]).save(str(path))
+    path.write_text(path.read_text()[:12])
+    with pytest.raises(AnnotationError, match=r"^class map: .*class_map\.json is not valid JSON"):
+        ClassMap.load(str(path))
 
 
 def test_fraction_subsets_are_stratified_nested_and_keep_every_class():

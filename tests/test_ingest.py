@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from aim_core.annotations import load_split
+from aim_core.annotations import AnnotationError, ClassMap, load_split
 from aim_core.config import Config
 from aim_core.video import clip_indices, decode_frames
 from pipelines.data import ingest
@@ -163,10 +164,109 @@ def test_parquet_rerun_skips_finished_shards_and_redoes_missing_ones(videos, tmp
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p != shards[2])
     assert manifest["clips"] == len(ingest.read_shards(str(folder)).take_all())
 
-    # Different clip settings plan different shards: nothing stale is reused.
+    # Different clip settings plan different shards: nothing stale is reused, and once the new
+    # manifest is in place the old shards (and the leftover temporary file) are gone.
     ingest.materialize(make_cfg(root, mode="parquet", frame_interval=3), "train", str(tmp_path))
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["runs"][-1] == {"written": 5, "skipped": 0}
+    assert sorted(p.name for p in folder.iterdir() if "shard" in p.name) == sorted(
+        s["file"] for s in manifest["shards"])
+
+
+def clips_by_view(folder: str | Path) -> dict[tuple[str, int], np.ndarray]:
+    return {(r["video_id"], r["view"]): r["frames"]
+            for r in ingest.read_shards(str(folder)).take_all()}
+
+
+def test_a_shard_an_interrupted_rewrite_left_behind_is_never_reused(videos, tmp_path):
+    """A run with new clip settings that died between a shard's two writes left the old clips
+    where the new shard belongs; the next run must see that and rewrite the shard."""
+    root, _ = videos
+    old, new = make_cfg(root, mode="parquet"), make_cfg(root, mode="parquet", frame_interval=3)
+    folder = Path(ingest.materialize(old, "train", str(tmp_path / "data")))
+    old_first = sorted(folder.glob("shard-*.parquet"))[0].read_bytes()
+    ingest.materialize(new, "train", str(tmp_path / "data"))
+    sorted(folder.glob("shard-*.parquet"))[0].write_bytes(old_first)
+
+    ingest.materialize(new, "train", str(tmp_path / "data"))
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["runs"][-1] == {"written": 1, "skipped": 4}
+    clean = clips_by_view(ingest.materialize(new, "train", str(tmp_path / "clean")))
+    resumed = clips_by_view(folder)
+    assert resumed.keys() == clean.keys()
+    assert all(np.array_equal(resumed[k], clean[k]) for k in clean)
+
+
+def test_a_truncated_manifest_is_rebuilt_from_the_shards(videos, tmp_path):
+    root, _ = videos
+    cfg = make_cfg(root, mode="parquet")
+    folder = Path(ingest.materialize(cfg, "val", str(tmp_path)))
+    clips = len(ingest.read_shards(str(folder)).take_all())
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text[: len(text) // 2])   # as a crash mid-write left it
+
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json.*unreadable.*aim-video ingest"):
+        ingest.read_shards(str(folder))
+    ingest.materialize(cfg, "val", str(tmp_path))
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["runs"] == [{"written": 0, "skipped": len(manifest["shards"])}]
+    assert manifest["clips"] == clips == len(ingest.read_shards(str(folder)).take_all())
+
+
+def corrupt_copy(root: Path, dst: Path) -> Path:
+    """The same class folders and file names as ``root``, every file unreadable."""
+    for video in root.rglob("*.mp4"):
+        target = dst / video.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(os.urandom(3000))
+    return dst
+
+
+def test_reingesting_an_empty_or_unreadable_root_keeps_the_data_set(videos, tmp_path):
+    root, _ = videos
+    out = tmp_path / "data"
+    ingest.run_ingest(make_cfg(root, mode="parquet"), str(out))
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    clips = clips_by_view(out / "train")
+    (tmp_path / "empty").mkdir()
+
+    empty = re.escape(str(tmp_path / "empty"))
+    with pytest.raises(AnnotationError, match=f"data.root: {empty} has no videos"):
+        ingest.run_ingest(make_cfg(tmp_path / "empty", mode="parquet"), str(out))
+    unreadable = corrupt_copy(root, tmp_path / "unreadable")
+    with pytest.raises(AnnotationError, match=rf"not replacing .*manifest\.json, which lists "
+                                              rf"{len(clips)} clips.*{re.escape(str(unreadable))}"):
+        ingest.run_ingest(make_cfg(unreadable, mode="parquet"), str(out))
+
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    assert clips_by_view(out / "train").keys() == clips.keys()
+
+
+def test_a_run_that_reads_no_video_fails_naming_the_root(videos, tmp_path):
+    unreadable = corrupt_copy(videos[0], tmp_path / "unreadable")
+    with pytest.raises(AnnotationError,
+                       match=f"data.root: no readable videos under {re.escape(str(unreadable))}"):
+        ingest.run_ingest(make_cfg(unreadable, mode="parquet"), str(tmp_path / "data"))
+    report = json.loads((tmp_path / "data" / "ingest_report.json").read_text())
+    bad = report["train"]["bad"] + report["val"]["bad"]
+    assert len(bad) == len(list(unreadable.rglob("*.mp4")))
+
+
+def test_empty_class_folders_the_class_map_allows_are_in_the_report(videos, tmp_path):
+    root = tmp_path / "videos"
+    shutil.copytree(videos[0], root)
+    (root / "waving").mkdir()
+    out = tmp_path / "data"
+    ClassMap(CLASSES + ["waving"]).save(str(out / "class_map.json"))
+
+    reports = ingest.run_ingest(make_cfg(root, mode="parquet"), str(out))
+
+    assert reports["val"].empty_class_folders == [str(root / "waving")]
+    saved = json.loads((out / "ingest_report.json").read_text())
+    assert saved["train"]["empty_class_folders"] == [str(root / "waving")]
+    assert "1 empty class folder" in reports["train"].summary()
 
 
 def test_videos_and_shards_behind_uris_give_the_same_clips_as_local_paths(videos, tmp_path):

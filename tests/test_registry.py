@@ -10,10 +10,12 @@ import numpy as np
 import open_clip.model
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from aim_core.backbones import build_model
-from aim_core.checkpoint import save_model
+from aim_core.checkpoint import ModelFileError, save_model
 from pipelines.tracking import references, registry, runs
 
 from .modeltools import CLASSES, clips, tracked_config, trained_like
@@ -131,3 +133,33 @@ def test_a_model_registered_before_the_stage_packages_still_loads(tmp_path):
     probs = mlflow.pyfunc.load_model(info.model_uri).predict(x.numpy())
     with torch.no_grad():
         np.testing.assert_allclose(probs, model(x).softmax(-1).numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pointer", ["absolute", "relative", "link"])
+def test_a_registered_model_whose_files_lead_outside_its_folder_is_refused(tmp_path, pointer):
+    """A tampered ``MLmodel`` (or a link inside the model folder) must not make the registry
+    load some other checkpoint on the machine."""
+    cfg = tracked_config(tmp_path)
+    registry.register_model(save_model(tmp_path / "ckpt", build_model(cfg.model).eval(), cfg,
+                                       CLASSES), "tiny-tampered")
+    elsewhere = save_model(tmp_path / "elsewhere", trained_like(build_model(cfg.model)), cfg,
+                           CLASSES)
+    (mlmodel,) = (tmp_path / "mlartifacts").rglob("MLmodel")
+    spec = yaml.safe_load(mlmodel.read_text())
+    arts = spec["flavors"]["python_function"]["artifacts"]
+    if pointer == "link":
+        stored = mlmodel.parent / arts["model"]["path"]
+        stored.unlink()
+        stored.symlink_to(elsewhere)
+    else:
+        arts["model"]["path"] = (str(elsewhere) if pointer == "absolute"
+                                 else "../" * 12 + str(elsewhere).lstrip("/"))
+        mlmodel.write_text(yaml.safe_dump(spec))
+
+    # MLflow's own download refuses the link; our loader refuses the paths.
+    error, message = ((MlflowException, "resolved path is outside the artifact directory")
+                      if pointer == "link" else
+                      (ModelFileError, r"artifact 'model' .* leads outside the downloaded model"))
+    with pytest.raises(error, match=message):
+        references.resolve_model("models:/tiny-tampered@champion")

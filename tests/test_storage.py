@@ -59,3 +59,37 @@ def test_a_missing_or_empty_video_fails_with_its_name(tmp_path, name):
         with pytest.raises(VideoDecodeError, match=f"{name}: (no such file|empty file)"):
             with open_video_source(ref):
                 pass
+
+
+def test_a_rewrite_replaces_the_file_whole_and_leaves_no_temporary_file(folder, tmp_path):
+    """Manifests, class maps and markers are replaced by a rename, never rewritten in place: a
+    reader (or a crash) sees the old contents or the new ones, nothing in between."""
+    target = Location.of(folder) / "manifest.json"
+    target.write_json({"clips": 1})
+    before = os.stat(tmp_path / "manifest.json").st_ino
+    with open(tmp_path / "manifest.json") as reader:   # someone reading while we rewrite
+        target.write_json({"clips": 2})
+        assert reader.read() == '{\n "clips": 1\n}\n'
+    assert os.stat(tmp_path / "manifest.json").st_ino != before
+    assert target.read_json() == {"clips": 2}
+    assert sorted(os.listdir(tmp_path)) == ["manifest.json"]
+
+
+def test_a_write_that_fails_leaves_the_old_file_as_it_was(folder, tmp_path):
+    target = Location.of(folder) / "class_map.json"
+    target.write_text('{"classes": ["a"]}')
+    with pytest.raises(TypeError):
+        target.write_bytes("not bytes")               # fails after the output was opened
+    assert target.read_text() == '{"classes": ["a"]}'
+    assert sorted(os.listdir(tmp_path)) == ["class_map.json"]
+
+
+def test_a_folder_lists_its_names_and_files_can_be_deleted(folder):
+    where = Location.of(folder) / "shards"
+    assert where.names() == []                         # not there yet: nothing, no error
+    for name in ("b.parquet", "a.parquet"):
+        (where / name).write_bytes(b"x")
+    assert where.names() == ["a.parquet", "b.parquet"]
+    (where / "a.parquet").delete()
+    (where / "a.parquet").delete()                      # already gone: no error
+    assert where.names() == ["b.parquet"]

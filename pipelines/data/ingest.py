@@ -19,7 +19,11 @@ Two modes:
   ``(seed, epoch, video_id)``: fresh clips every epoch, reproducible per epoch and per video.
 - ``parquet``: fixed clips (training clips drawn with epoch 0) written as Parquet shards of
   ``videos_per_task`` videos, each by the task that decoded it, atomically (temporary name, then
-  rename). A re-run writes only the shards whose file is missing, so an interrupted run resumes.
+  rename). A shard's file name and footer carry the fingerprint of what it was planned to hold,
+  so a re-run reuses exactly the complete shards of the same plan and writes the rest: an
+  interrupted run resumes, and one with other settings never mistakes old clips for new ones.
+  The previous data set stays readable until the new manifest replaces it, and a run that read no
+  video never replaces a manifest that lists clips.
 
 Bad files (corrupt, truncated, empty, audio-only, unreadable) never fail the job: the map
 functions return them as rows with an ``error`` string, the driver filters them out, and
@@ -33,7 +37,6 @@ import json
 import logging
 import math
 import time
-import uuid
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal
@@ -43,7 +46,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from aim_core.annotations import ClassMap, Split, VideoRecord, fraction_subset, load_split
+from aim_core.annotations import (AnnotationError, ClassMap, Split, VideoRecord, fraction_subset,
+                                  load_split)
 from aim_core.config import Config, DataConfig
 from aim_core.storage import Location, join
 from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, open_video_source,
@@ -63,6 +67,8 @@ MANIFEST_FILE = "manifest.json"
 # The DataConfig fields that decide a stored clip's content: a shard planned with other values is
 # rewritten on the next run instead of being reused.
 CLIP_FIELDS = ("sampler", "frame_interval", "test_clips", "short_side", "seed")
+# Parquet footer key of a shard's own summary: plan fingerprint, videos, clips, bad files.
+SHARD_SUMMARY_KEY = b"aim_video.shard"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,7 +78,8 @@ CLIP_FIELDS = ("sampler", "frame_interval", "test_clips", "short_side", "seed")
 @dataclass
 class IngestReport:
     """What ingest did with one split. ``bad``: unreadable files; ``rejected``: annotated videos
-    left out before decoding (label not in the class map, file missing)."""
+    left out before decoding (label not in the class map, file missing, link out of the root);
+    ``empty_class_folders``: class folders without videos that the class map lists."""
 
     split: str
     mode: str
@@ -82,6 +89,7 @@ class IngestReport:
     bad: list[tuple[str, str]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    empty_class_folders: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,9 +99,11 @@ class IngestReport:
 
     def summary(self) -> str:
         clips = "" if self.clips is None else f", {self.clips} clips"
+        empty = len(self.empty_class_folders)
+        empty_text = f", {empty} empty class folder{'s' if empty > 1 else ''}" if empty else ""
         text = (f"[ingest {self.split}/{self.mode}] {self.good}/{self.videos} videos readable"
-                f"{clips}, {len(self.bad)} bad, {len(self.rejected)} rejected by the annotations "
-                f"({self.seconds:.1f} s)")
+                f"{clips}, {len(self.bad)} bad, {len(self.rejected)} rejected by the annotations"
+                f"{empty_text} ({self.seconds:.1f} s)")
         for path, reason in (self.bad + self.rejected)[:10]:
             text += f"\n  skipped {path}: {reason}"
         if len(self.bad) + len(self.rejected) > 10:
@@ -234,7 +244,8 @@ def build_dataset(cfg: Config, split: SplitName, *, train: bool, epoch: int = 0,
     chosen = select_records(cfg, split, class_map)
     items, bad = scan_videos(cfg, chosen.records)
     report = IngestReport(split, "stream", videos=len(chosen.records), good=len(items), bad=bad,
-                          rejected=chosen.rejected, seconds=time.perf_counter() - start)
+                          rejected=chosen.rejected, seconds=time.perf_counter() - start,
+                          empty_class_folders=chosen.empty_class_folders)
     stream = ClipStream(cfg.data, decode_task_resources(cfg), cfg.model.num_frames, train, items)
     return IngestResult(stream.dataset(epoch), chosen.class_map, report, stream)
 
@@ -254,59 +265,54 @@ def materialize(cfg: Config, split: SplitName, out_dir: str | None = None, *,
 
     The class map is read from ``out_dir/class_map.json`` when present (so train and val agree),
     otherwise derived from the annotations and saved there. Shards already on disk with the same
-    contents plan are kept; the manifest counts how many each run wrote and skipped.
+    contents plan are kept; the manifest counts how many each run wrote and skipped. Shards of
+    earlier plans are removed once the new manifest, which no longer needs them, is in place.
     """
     start = time.perf_counter()
     out = out_dir or default_output_dir(cfg)
     train = split == "train" if train is None else train
-    class_map = class_map or load_class_map(out)
-    chosen = select_records(cfg, split, class_map)
-    class_map = chosen.class_map
-    class_map.save(join(out, CLASS_MAP_FILE))
+    chosen = select_records(cfg, split, class_map or load_class_map(out))
     folder = join(out, split)
     where = Location.of(folder)
     where.make_dirs()
-
-    per = cfg.data.videos_per_task
-    sampling = {"clip_len": cfg.model.num_frames, "train": train, "epoch": 0,
-                **{k: getattr(cfg.data, k) for k in CLIP_FIELDS}}
-    shards = []
-    for i in range(math.ceil(len(chosen.records) / per)):
-        items = [_item(r) for r in chosen.records[i * per:(i + 1) * per]]
-        fingerprint = hashlib.sha256(json.dumps([items, sampling], sort_keys=True)
-                                     .encode()).hexdigest()[:16]
-        shards.append({"shard": i, "file": f"shard-{i:05d}.parquet", "fingerprint": fingerprint,
-                       "items": json.dumps(items)})
-    todo = [s for s in shards if not _shard_done(where, s)]
+    sampling, shards = _plan_shards(cfg, chosen.records, train)
+    summaries = {s["file"]: _shard_summary(where, s) for s in shards}
+    todo = [s for s in shards if summaries[s["file"]] is None]
     if todo:
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         ds.map(_write_shard, **decode_task_resources(cfg),
                fn_kwargs={"folder": folder, "data": cfg.data, "clip_len": cfg.model.num_frames,
                           "train": train}).take_all()
+        summaries.update({s["file"]: _written_summary(where, s) for s in todo})
 
-    summaries = [(where / _sidecar(s["file"])).read_json() for s in shards]
-    bad = [(p, r) for s in summaries for p, r in s["bad"]]
-    previous = (where / MANIFEST_FILE).read_json() or {}
+    bad = [(p, r) for s in shards for p, r in summaries[s["file"]]["bad"]]
+    previous = _read_manifest(where) or {}
     runs = previous.get("runs", []) + [{"written": len(todo), "skipped": len(shards) - len(todo)}]
     manifest = {"split": split, "class_map": f"../{CLASS_MAP_FILE}", "sampling": sampling,
                 "columns": CLIP_COLUMNS, "videos": len(chosen.records),
-                "clips": sum(s["clips"] for s in summaries),
-                "shards": [{"file": s["file"], "videos": x["videos"], "clips": x["clips"]}
-                           for s, x in zip(shards, summaries)],
+                "clips": sum(x["clips"] for x in summaries.values()),
+                "shards": [{"file": s["file"], "videos": summaries[s["file"]]["videos"],
+                            "clips": summaries[s["file"]]["clips"]} for s in shards],
                 "runs": runs}
+    _refuse_to_empty(where, previous, manifest, cfg.data.root, bad)
+    chosen.class_map.save(join(out, CLASS_MAP_FILE))
     (where / MANIFEST_FILE).write_json(manifest)
+    if manifest["clips"]:
+        _remove_stale_shards(where, {s["file"] for s in shards})
     report = IngestReport(split, "parquet", videos=len(chosen.records),
                           good=len(chosen.records) - len(bad), clips=manifest["clips"], bad=bad,
-                          rejected=chosen.rejected, seconds=time.perf_counter() - start)
+                          rejected=chosen.rejected, seconds=time.perf_counter() - start,
+                          empty_class_folders=chosen.empty_class_folders)
     (where / REPORT_FILE).write_json(report.to_dict())
     return folder
 
 
 def read_shards(folder: str) -> ray.data.Dataset:
     """The clips of a materialised split (the shards the manifest lists, nothing half-written)."""
-    manifest = (Location.of(folder) / MANIFEST_FILE).read_json()
+    manifest = _read_manifest(Location.of(folder))
     if manifest is None:
-        raise FileNotFoundError(f"{folder}: no {MANIFEST_FILE}; run `aim-video ingest` first")
+        raise FileNotFoundError(f"{folder}: no readable {MANIFEST_FILE} (missing or unreadable); "
+                                f"run `aim-video ingest`, which rebuilds it from the shards")
     files = [join(folder, s["file"]) for s in manifest["shards"] if s["clips"]]
     if not files:
         raise ValueError(f"{folder}: the manifest lists no clips (see {REPORT_FILE})")
@@ -322,34 +328,84 @@ def read_report(folder: str) -> IngestReport:
     return IngestReport(**data)
 
 
+def _plan_shards(cfg: Config, records: list[VideoRecord], train: bool
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The sampling settings and one spec per shard; the file name carries the fingerprint of
+    the shard's videos and settings, so shards of different plans never share a file."""
+    per = cfg.data.videos_per_task
+    sampling = {"clip_len": cfg.model.num_frames, "train": train, "epoch": 0,
+                **{k: getattr(cfg.data, k) for k in CLIP_FIELDS}}
+    shards = []
+    for i in range(math.ceil(len(records) / per)):
+        items = [_item(r) for r in records[i * per:(i + 1) * per]]
+        fingerprint = hashlib.sha256(json.dumps([items, sampling], sort_keys=True)
+                                     .encode()).hexdigest()[:16]
+        shards.append({"shard": i, "file": f"shard-{i:05d}-{fingerprint}.parquet",
+                       "fingerprint": fingerprint, "items": json.dumps(items)})
+    return sampling, shards
+
+
 def _write_shard(spec: dict[str, Any], *, folder: str, data: DataConfig, clip_len: int,
                  train: bool) -> dict[str, Any]:
-    """Decode one shard's videos and write them: summary first, then the Parquet file by rename,
-    so a shard file that exists is always complete."""
+    """Decode one shard's videos and write them as one Parquet file, replaced whole, whose footer
+    holds the shard's summary: whatever shard file exists is complete and says what it holds."""
     items = json.loads(spec["items"])
     batch = {k: np.array([it[k] for it in items], dtype=object) for k in ("video_id", "path")}
     batch["label"] = np.array([it["label"] for it in items], np.int64)
     clips, errors = _decode_batch(batch, data, clip_len, train, epoch=0)
-    where = Location.of(folder)
-    (where / _sidecar(spec["file"])).write_json(
-        {"fingerprint": spec["fingerprint"], "videos": len(items), "clips": len(clips),
-         "bad": errors})
-    final, tmp = where / spec["file"], where / f".{spec['file']}.{uuid.uuid4().hex}.tmp"
-    with where.fs.open_output_stream(tmp.path) as f:
-        pq.write_table(_table(clips), f)
-    where.fs.move(tmp.path, final.path)
+    summary = {"fingerprint": spec["fingerprint"], "videos": len(items), "clips": len(clips),
+               "bad": errors}
+    table = _table(clips).replace_schema_metadata({SHARD_SUMMARY_KEY: json.dumps(summary)})
+    (Location.of(folder) / spec["file"]).write_with(lambda f: pq.write_table(table, f))
     return {"shard": spec["shard"], "clips": len(clips)}
 
 
-def _shard_done(where: Location, spec: dict[str, Any]) -> bool:
-    if not (where / spec["file"]).is_file():
-        return False
-    summary = (where / _sidecar(spec["file"])).read_json()
-    return summary is not None and summary.get("fingerprint") == spec["fingerprint"]
+def _shard_summary(where: Location, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary in a shard's footer when the file is there and holds the planned contents."""
+    try:
+        with (where / spec["file"]).open_for_reading() as source:
+            footer = pq.read_metadata(source).metadata or {}
+        summary = json.loads(footer[SHARD_SUMMARY_KEY])
+    except (OSError, KeyError, ValueError):  # absent, not Parquet, or not one of our shards
+        return None
+    return summary if summary.get("fingerprint") == spec["fingerprint"] else None
 
 
-def _sidecar(file: str) -> str:
-    return file.replace(".parquet", ".json")
+def _written_summary(where: Location, spec: dict[str, Any]) -> dict[str, Any]:
+    summary = _shard_summary(where, spec)
+    if summary is None:
+        raise RuntimeError(f"{where / spec['file']}: the shard just written cannot be read back")
+    return summary
+
+
+def _read_manifest(where: Location) -> dict[str, Any] | None:
+    """The split's manifest; an unreadable one (e.g. truncated by a crash) counts as missing,
+    which the next run of :func:`materialize` rebuilds from the shards."""
+    try:
+        manifest = (where / MANIFEST_FILE).read_json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s is unreadable (%s); treating it as missing", where / MANIFEST_FILE, exc)
+        return None
+    return manifest if isinstance(manifest, dict) and "shards" in manifest else None
+
+
+def _refuse_to_empty(where: Location, previous: dict[str, Any], manifest: dict[str, Any],
+                     root: str, bad: list[tuple[str, str]]) -> None:
+    """A run that decoded nothing (wrong root, unreachable storage) must not replace a data set
+    that holds clips: the old manifest and its shards stay as they are."""
+    if manifest["clips"] or not previous.get("clips"):
+        return
+    first = f"; first: {bad[0][0]}: {bad[0][1]}" if bad else ""
+    raise AnnotationError(f"data.root: not replacing {where / MANIFEST_FILE}, which lists "
+                          f"{previous['clips']} clips, with one that lists none: no video under "
+                          f"{root} could be read ({len(bad)} tried{first})")
+
+
+def _remove_stale_shards(where: Location, keep: set[str]) -> None:
+    """Shards of earlier plans, sidecars of the old layout and temporary files of crashed writes."""
+    for name in where.names():
+        if name.startswith(("shard-", ".shard-")) and name not in keep:
+            (where / name).delete()
 
 
 def _table(clips: list[dict[str, Any]]) -> pa.Table:
@@ -390,6 +446,10 @@ def run_ingest(cfg: Config, out_dir: str | None = None) -> dict[str, IngestRepor
             class_map.save(join(out, CLASS_MAP_FILE))
         console.say(reports[split].summary())
     (Location.of(out) / REPORT_FILE).write_json({k: r.to_dict() for k, r in reports.items()})
+    if not any(r.good for r in reports.values()):
+        tried = sum(r.videos for r in reports.values())
+        raise AnnotationError(f"data.root: no readable videos under {cfg.data.root} ({tried} "
+                              f"tried; see {join(out, REPORT_FILE)})")
     return reports
 
 

@@ -7,8 +7,9 @@
 - a checkpoint folder or ``model.pt`` of ours, or a released AIM ``.pth``.
 
 Models are read from our checkpoint format (``weights_only``), never by unpickling a pyfunc
-wrapper. A reference that names nothing usable fails with :class:`ModelReferenceError`, which says
-what was found there instead.
+wrapper, and a downloaded model only from files inside its download folder, whatever a tampered
+``MLmodel`` file says. A reference that names nothing usable fails with :class:`ModelReferenceError`,
+which says what was found there instead.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from aim_core.backbones import BackboneError, BackboneIdentity
-from aim_core.checkpoint import MODEL_FILE, load_model, read_model_file
+from aim_core.backbones import BackboneIdentity
+from aim_core.checkpoint import MODEL_FILE, ModelFileError, load_model, read_model_file
 from aim_core.config import Config, DataConfig
 from aim_core.model import VideoClassifier
 
@@ -118,11 +119,11 @@ def _load_file(path: Path, device: str | torch.device) -> LoadedModel:
                                   f"{ACCEPTED}")
     try:
         return load_model(path, device=device)
-    except BackboneError:
+    except ModelFileError:
         pass                                   # not ours: perhaps a released AIM checkpoint
     try:
         read_official_state(path)
-    except BackboneError as exc:
+    except ModelFileError as exc:
         raise ModelReferenceError(f"{path} is a torch file but neither an aim-video nor a "
                                   f"released AIM checkpoint ({exc})") from None
     return _load_official(path, device)
@@ -146,20 +147,32 @@ def _load_downloaded(local: Path, ref: str, device: str | torch.device) -> Loade
         if "model" not in arts:
             raise ModelReferenceError(f"{ref}: an MLflow model, but not an aim-video one (no "
                                       f"'model' artifact)")
-        ckpt = local / arts["model"]["path"]
-        backbone = local / arts["backbone"]["path"] if "backbone" in arts else None
+        ckpt = _inside(local, arts["model"]["path"], "model")
+        backbone = (_inside(local, arts["backbone"]["path"], "backbone")
+                    if "backbone" in arts else None)
     else:
         found = [local] if local.is_file() else sorted(local.rglob(MODEL_FILE))
         if len(found) != 1:
             raise ModelReferenceError(f"{ref}: expected one {MODEL_FILE} in its artifacts, "
                                       f"found {len(found)}")
-        ckpt, backbone = found[0], None
+        ckpt, backbone = _inside(local, str(found[0]), MODEL_FILE), None
     model, cfg, class_names = load_model(ckpt, backbone_file=backbone, device=device)
     if backbone is not None:  # the download is temporary: describe the model as it was trained
         identity = read_model_file(ckpt)["backbone"]
         cfg.model.backbone.pretrained = identity["pretrained"]
         model.backbone_identity = BackboneIdentity(**identity)
     return model, cfg, class_names
+
+
+def _inside(folder: Path, rel: str, artifact: str) -> Path:
+    """``rel`` under the downloaded ``folder``, resolved (links included), which must stay inside
+    it: an ``MLmodel`` can name any path, and would otherwise load any checkpoint on disk."""
+    base = folder.resolve() if folder.is_dir() else folder.parent.resolve()
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base):
+        raise ModelFileError(f"{folder}: artifact {artifact!r} ({rel}) leads outside the "
+                             f"downloaded model folder; refusing to load it")
+    return path
 
 
 def _load_official(path: Path, device: str | torch.device) -> LoadedModel:
