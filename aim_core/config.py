@@ -119,7 +119,7 @@ class ModelConfig:
 
 
 DATASET_FORMATS = ("folder", "kinetics_csv", "list", "ssv2_json")
-SAMPLERS = ("dense", "uniform")
+SAMPLERS = ("dense", "uniform", "uniform_tsn")
 
 
 @dataclass
@@ -135,8 +135,10 @@ class DataConfig:
     val_fraction: float = 0.2               # held-out share when the annotations have no val split
     train_fraction: float = 1.0             # nested, stratified subset for data-efficiency studies
     seed: int = 0
-    sampler: Literal["dense", "uniform"] = "dense"
-    frame_interval: int = 16                # dense sampler: clip_len x interval
+    # dense: clip_len x interval (Kinetics); uniform: one frame per segment by the released configs'
+    # rule (SSv2, Diving-48); uniform_tsn: TSN-style segments of num_frames / clip_len.
+    sampler: Literal["dense", "uniform", "uniform_tsn"] = "dense"
+    frame_interval: int = 16                # dense sampler only
     test_clips: int = 3                     # temporal views at test time
     test_crops: int = 1                     # spatial views at test time (1 centre or 3 crops)
     short_side: int = 256                   # resize at decode time
