@@ -174,17 +174,31 @@ class DataConfig:
                self.videos_per_task)
 
 
+LR_GROUPS = ("backbone", "head")
+
+
 @dataclass
 class OptimConfig:
-    """The published recipe by default: AdamW 3e-4, wd 0.05, batch 64, 30 epochs, 3 warm-up."""
+    """The released recipe by default: AdamW 3e-4, wd 0.05, batch 64, 30 epochs, mmcv's cosine
+    schedule with 2.5 warm-up epochs from 0.1 x lr, the release's weight-decay exemptions."""
 
     epochs: int = 30
     batch_size: int = 64                    # effective batch, reached with gradient accumulation
     per_device_batch: int = 8
     lr: float = 3e-4
     weight_decay: float = 0.05
-    warmup_epochs: float = 3.0
-    schedule: Literal["cosine_epoch", "cosine_step"] = "cosine_epoch"
+    # Exempt from weight decay. released: class/positional embeddings and LayerNorms, by name, as
+    # the released configs' paramwise_cfg; 1d_and_embeddings: every 1-D tensor and every embedding.
+    no_weight_decay: Literal["released", "1d_and_embeddings"] = "released"
+    # Learning-rate multipliers by parameter group: backbone (every parameter but the head, the
+    # released configs' 'backbone'), head. The released ViT-L/14 K400 and SSv2: {backbone: 0.1}.
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    # mmcv_cosine: the released schedule, cosine per epoch over all epochs, linear warm-up per step
+    # from warmup_ratio x lr; cosine_epoch / cosine_step: timm's, warm-up from 0 then cosine per
+    # epoch / per step over the remaining epochs.
+    schedule: Literal["mmcv_cosine", "cosine_epoch", "cosine_step"] = "mmcv_cosine"
+    warmup_epochs: float = 2.5
+    warmup_ratio: float = 0.1               # mmcv_cosine only
     min_lr: float = 0.0
     grad_clip: float | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -198,8 +212,13 @@ class OptimConfig:
         _check(self.lr > 0, f"{path}.lr", "a positive number", self.lr)
         _check(self.weight_decay >= 0, f"{path}.weight_decay", "a non-negative number",
                self.weight_decay)
+        for group, mult in self.lr_mult.items():
+            _check(group in LR_GROUPS, f"{path}.lr_mult", f"groups among {list(LR_GROUPS)}", group)
+            _check(mult > 0, f"{path}.lr_mult.{group}", "a positive number", mult)
         _check(0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
                f"{path}.warmup_epochs", f"a number in [0, epochs={self.epochs})", self.warmup_epochs)
+        _check(0 < self.warmup_ratio <= 1, f"{path}.warmup_ratio", "a number in (0, 1]",
+               self.warmup_ratio)
         _check(self.grad_clip is None or self.grad_clip > 0, f"{path}.grad_clip",
                "null or a positive number", self.grad_clip)
         _check(self.eval_every > 0, f"{path}.eval_every", "a positive integer", self.eval_every)
@@ -388,6 +407,13 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         raise ConfigError(errors[-1] if len(errors) == 1 else
                           f"{path}: expected {' or '.join(_type_name(o) for o in options)}, "
                           f"got {value!r}")
+    if origin is dict:
+        key_type, value_type = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {_type_name(key_type)} to "
+                              f"{_type_name(value_type)}, got {value!r}")
+        return {_coerce(key_type, k, path): _coerce(value_type, v, f"{path}.{k}")
+                for k, v in value.items()}
     if origin is list:
         (item,) = get_args(tp)
         if not isinstance(value, (list, tuple)):
