@@ -9,6 +9,7 @@ hour of decoding is an hour lost.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -122,6 +123,48 @@ DATASET_FORMATS = ("folder", "kinetics_csv", "list", "ssv2_json")
 SAMPLERS = ("dense", "uniform", "uniform_tsn")
 
 
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    """A ``data.rand_augment`` value, read: whose RandAugment, how many ops, at what magnitude."""
+
+    family: Literal["imgaug", "torchvision"]
+    num_ops: int
+    magnitude: int          # imgaug: of 30; torchvision: of 10 (timm's scale)
+    flip: bool = False      # imgaug's built-in horizontal flip (p = 0.5)
+
+
+_RAND_AUGMENT_FORMS = ("null, 'imgaug-n<ops>-m<0..30>[-noflip]' (imgaug's RandAugment, the released "
+                       "SSv2 recipe: imgaug-n4-m7) or a timm string 'rand-m<0..10>-n<ops>[-mstd..]' "
+                       "(torchvision's)")
+_TIMM_IGNORED_KEYS = ("mstd", "mmax", "inc", "w", "p")
+
+
+def parse_rand_augment(spec: str, path: str = "data.rand_augment") -> RandAugmentSpec:
+    """Read a ``data.rand_augment`` string; errors name ``path`` and the allowed forms.
+
+    timm strings keep timm's defaults (m10, n2) and clamp ``m`` to 0..10; torchvision has no
+    magnitude noise, op weights or "increasing" variants, so ``mstd``, ``mmax``, ``inc``, ``w``
+    and ``p`` are accepted and ignored.
+    """
+    imgaug = re.fullmatch(r"imgaug-n(\d+)-m(\d+)(-noflip)?", spec)
+    if imgaug:
+        ops, magnitude = int(imgaug[1]), int(imgaug[2])
+        _check(magnitude <= 30, path, "an imgaug magnitude m in 0..30", spec)
+        return RandAugmentSpec("imgaug", ops, magnitude, flip=imgaug[3] is None)
+    parts = spec.split("-")
+    _check(parts[0] == "rand", path, _RAND_AUGMENT_FORMS, spec)
+    magnitude, num_ops = 10, 2
+    for part in parts[1:]:
+        match = re.fullmatch(r"([a-z]+)([0-9.]+)", part)
+        _check(match is not None and match[1] in ("m", "n", *_TIMM_IGNORED_KEYS), path,
+               f"timm options m, n, {', '.join(_TIMM_IGNORED_KEYS)} (cannot read {part!r})", spec)
+        if match[1] == "m":
+            magnitude = min(max(round(float(match[2])), 0), 10)
+        elif match[1] == "n":
+            num_ops = int(float(match[2]))
+    return RandAugmentSpec("torchvision", num_ops, magnitude)
+
+
 @dataclass
 class DataConfig:
     """Where the videos are, how they are labelled, and how clips are drawn from them."""
@@ -145,7 +188,10 @@ class DataConfig:
     # Random-resized-crop area range in training; the released configs use (0.08, 1).
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     horizontal_flip: bool = True            # never for direction-dependent classes
-    rand_augment: str | None = None         # timm string, e.g. "rand-m7-n4-mstd0.5-inc1"
+    # imgaug-n4-m7: the released SSv2 recipe, imgaug's RandAugment (m of 30, with its own flip and
+    # crop; -noflip drops the flip); rand-m7-n4-...: a timm string, torchvision's (m of 10).
+    rand_augment: str | None = None
+    pca_lighting: float = 0.0               # std of PCA lighting noise (ViT-L K400 release: 0.1)
     random_erasing: float = 0.0
     label_smoothing: float = 0.0
     # Ray Data
@@ -166,6 +212,10 @@ class DataConfig:
         _check(self.short_side > 0, f"{path}.short_side", "a positive integer", self.short_side)
         _check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
                f"{path}.crop_scale", "[low, high] with 0 < low <= high <= 1", self.crop_scale)
+        if self.rand_augment is not None:
+            parse_rand_augment(self.rand_augment, f"{path}.rand_augment")
+        _check(self.pca_lighting >= 0, f"{path}.pca_lighting", "a non-negative number",
+               self.pca_lighting)
         _check(0 <= self.random_erasing <= 1, f"{path}.random_erasing", "a probability in [0, 1]",
                self.random_erasing)
         _check(0 <= self.label_smoothing < 1, f"{path}.label_smoothing", "a number in [0, 1)",

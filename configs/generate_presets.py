@@ -15,6 +15,8 @@ INTERVAL = {8: 16, 16: 8, 32: 4}  # Kinetics dense sampling, appendix A.1 (ignor
 LR_MULT = "lr_mult: {backbone: 0.1}       # paramwise_cfg 'backbone': lr_mult=0.1 in %s"
 PAIRS = {
     ("k400", "vitl14"): {
+        "data": ["pca_lighting: 0.1             # ColorJitter() (PCA lighting noise) in "
+                 "vitclip_large_k400.py"],
         "optim": [LR_MULT % "vitclip_large_k400.py"],
     },
     ("ssv2", "vitl14"): {
