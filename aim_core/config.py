@@ -133,9 +133,9 @@ class RandAugmentSpec:
     flip: bool = False      # imgaug's built-in horizontal flip (p = 0.5)
 
 
-_RAND_AUGMENT_FORMS = ("null, 'imgaug-n<ops>-m<0..30>[-noflip]' (imgaug's RandAugment, the released "
-                       "SSv2 recipe: imgaug-n4-m7) or a timm string 'rand-m<0..10>-n<ops>[-mstd..]' "
-                       "(torchvision's)")
+_RAND_AUGMENT_FORMS = ("null, 'imgaug-n<ops>-m<0..30>[-noflip]' (imgaug's RandAugment, the "
+                       "released SSv2 recipe: imgaug-n4-m7) or a timm string "
+                       "'rand-m<0..10>-n<ops>[-mstd..]' (torchvision's)")
 _TIMM_IGNORED_KEYS = ("mstd", "mmax", "inc", "w", "p")
 
 

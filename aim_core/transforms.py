@@ -35,7 +35,7 @@ TRAIN_CROP_RATIO = (3 / 4, 4 / 3)
 # range, and the ranges match timm's at magnitude 10 (rotate 30 deg, shear 0.3, ...).
 _TIMM_MAX_MAGNITUDE = 10
 
-# mmaction2's ColorJitter PCA lighting (AlexNet's): eigenvalues and eigenvectors of RGB, 0-255 scale.
+# mmaction2's ColorJitter PCA lighting (AlexNet's): RGB eigenvalues and eigenvectors, 0-255 scale.
 PCA_EIGVAL = (55.46, 4.794, 1.148)
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from av.container import InputContainer
     from av.video.stream import VideoStream
 
-    from aim_core.config import DataConfig
+    from aim_core.config import Config, DataConfig
 
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -467,3 +467,31 @@ def clip_indices(cfg: "DataConfig", num_frames: int, clip_len: int, *, train: bo
         return [sample(num_frames, clip_len, train=True, rng=rng)]
     return [sample(num_frames, clip_len, train=False, view=view, num_views=cfg.test_clips)
             for view in range(cfg.test_clips)]
+
+
+_SAMPLING = {"uniform": "uniform segments (the released rule)",
+             "uniform_tsn": "uniform segments (TSN-style)"}
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How each video is tested: ``clips`` temporal views x ``crops`` spatial views of ``frames``
+    frames, sampled as ``sampling`` says. Printed with every result and logged to MLflow, since
+    numbers from different protocols do not compare."""
+
+    clips: int
+    crops: int
+    frames: int
+    sampling: str
+
+    def __str__(self) -> str:
+        return (f"{self.clips} clip{'s' * (self.clips != 1)} x {self.crops} "
+                f"crop{'s' * (self.crops != 1)} of {self.frames} frames, {self.sampling}")
+
+
+def eval_protocol(cfg: "Config") -> EvalProtocol:
+    """The test protocol ``cfg`` evaluates with (:func:`clip_indices` and the test crops)."""
+    data = cfg.data
+    sampling = (f"dense, every {data.frame_interval} frames" if data.sampler == "dense"
+                else _SAMPLING[data.sampler])
+    return EvalProtocol(data.test_clips, data.test_crops, cfg.model.num_frames, sampling)

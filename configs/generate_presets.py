@@ -12,7 +12,7 @@ INTERVAL = {8: 16, 16: 8, 32: 4}  # Kinetics dense sampling, appendix A.1 (ignor
 
 # What the released configs (taoyang1122/adapt-image-models, configs/recognition/vit/) set for one
 # dataset x backbone pair only: section -> YAML lines, each saying which file it follows.
-LR_MULT = "lr_mult: {backbone: 0.1}       # paramwise_cfg 'backbone': lr_mult=0.1 in %s"
+LR_MULT = "lr_mult: {backbone: 0.1}      # paramwise_cfg 'backbone': lr_mult=0.1 in %s"
 PAIRS = {
     ("k400", "vitl14"): {
         "data": ["pca_lighting: 0.1             # ColorJitter() (PCA lighting noise) in "
@@ -21,13 +21,13 @@ PAIRS = {
     },
     ("ssv2", "vitl14"): {
         "model": ["adapter:",
-                  "  temporal_adapters: 2        # the paper's 50M tunable parameters need two; "
-                  "vitclip_large_sthv2.py builds one"],
+                  "  temporal_adapters: 2      # the paper's 50M tunable params need 2; "
+                  "vitclip_large_sthv2.py has 1"],
         "optim": [LR_MULT % "vitclip_large_sthv2.py"],
     },
     ("diving48", "vitb16"): {
-        "data": ["test_crops: 3                 # ThreeCrop in vitclip_base_diving48.py (its README "
-                 "reports 1x1)"],
+        "data": ["test_crops: 3                 # ThreeCrop in vitclip_base_diving48.py "
+                 "(its README reports 1x1)"],
     },
 }
 

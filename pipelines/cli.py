@@ -48,6 +48,7 @@ def load_config(args: argparse.Namespace) -> Config:
          add_config_args)
 def _describe(args: argparse.Namespace) -> int:
     from aim_core.accounting import model_cost
+    from aim_core.video import eval_protocol
 
     cfg = load_config(args)
     m = cfg.model
@@ -57,10 +58,9 @@ def _describe(args: argparse.Namespace) -> int:
         print(f"adapters  {'+'.join(m.adapter.adaptations) or 'none'}, ratio {m.adapter.ratio}, "
               f"placement {m.adapter.placement}, scale {m.adapter.scale}, "
               f"{m.adapter.temporal_adapters} temporal adapter(s)")
-    print(f"views     {cfg.data.test_clips} clip(s) x {cfg.data.test_crops} crop(s)")
+    print(f"views     {eval_protocol(cfg)}")
     print(model_cost(cfg).summary())
     return 0
-
 
 
 # ----------------------------------------------------------------------------------------------

@@ -92,7 +92,8 @@ class MmcvCosineSchedule:
     step ``i`` (counted from 0 over the run) runs at the regular rate times ``warmup_ratio + (1 -
     warmup_ratio) i / W``. As in mmcv, when ``W`` is fractional the last warm-up rate holds until
     the end of that epoch. Call ``step(epoch)`` at each epoch start, ``step_update(n)`` after the
-    ``n``-th optimiser step: the rate is a pure function of both, so a resumed run continues exactly.
+    ``n``-th optimiser step: the rate is a pure function of both, so a resumed run continues
+    exactly.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig,

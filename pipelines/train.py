@@ -24,6 +24,7 @@ import torch
 from aim_core.checkpoint import MODEL_FILE
 from aim_core.config import Config
 from aim_core.storage import Location, is_uri, join
+from aim_core.video import eval_protocol
 
 from . import ingest, plots, registry, tracking
 from .cluster_config import check_storage, dashboard_host, train_scaling
@@ -201,9 +202,10 @@ def run_training(cfg: Config, *, resume: bool = False, register_as: str | None =
                            *(callbacks or [])]),
             datasets=datasets or None,
         )
+        print(f"[aim-video train] validation: {eval_protocol(cfg)}", flush=True)
         result = trainer.fit()
         outcome = _collect(result, cfg, name, mlflow_run_id, class_names, cost)
-        _log_final(outcome)
+        _log_final(outcome, cfg)
         if register_as:
             version = registry.register_model(outcome.model_dir, register_as, alias,
                                               run_id=mlflow_run_id, cfg=cfg)
@@ -228,11 +230,14 @@ def _collect(result: ray.train.Result, cfg: Config, name: str, mlflow_run_id: st
                         class_names, cost)
 
 
-def _log_final(outcome: TrainOutcome) -> None:
-    """Final metrics, curves, confusion matrix, evaluation and the model checkpoint as artifacts."""
+def _log_final(outcome: TrainOutcome, cfg: Config) -> None:
+    """Final metrics and test protocol, curves, confusion matrix, evaluation and the model
+    checkpoint as artifacts."""
     ev = outcome.evaluation
+    ev["protocol"] = str(eval_protocol(cfg))
     tracking.mlflow.log_metrics({"final_top1": ev["top1"], "final_top5": ev["top5"],
                                  "final_mean_class_acc": ev["mean_class_acc"]})
+    tracking.mlflow.set_tag("final_protocol", ev["protocol"])
     with tempfile.TemporaryDirectory() as tmp:
         tracking.log_figure(plots.plot_curves(outcome.history, Path(tmp) / "curves.png"))
         tracking.log_figure(plots.plot_confusion(ev["confusion"], outcome.class_names,
@@ -240,7 +245,8 @@ def _log_final(outcome: TrainOutcome) -> None:
     tracking.mlflow.log_dict(ev, "evaluation/eval.json")
     tracking.mlflow.log_artifact(str(outcome.model_dir / MODEL_FILE), "checkpoint")
     print(f"[aim-video train] done: val top-1 {100 * ev['top1']:.1f}%, top-5 {100 * ev['top5']:.1f}%, "
-          f"mean-class {100 * ev['mean_class_acc']:.1f}% on {ev['num_videos']} videos; "
+          f"mean-class {100 * ev['mean_class_acc']:.1f}% on {ev['num_videos']} videos "
+          f"({ev['protocol']}); "
           f"run {outcome.run_path}; MLflow run {outcome.mlflow_run_id}", flush=True)
 
 

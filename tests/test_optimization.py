@@ -21,11 +21,12 @@ RELEASED = OptimConfig(epochs=30, lr=3e-4, warmup_epochs=2.5, warmup_ratio=0.1,
 def mmcv_reference_lrs(base_lr: float, epochs: int, epoch_len: int, warmup_epochs: float,
                        ratio: float) -> list[float]:
     """The rate of every iteration, transcribed from mmcv 1.4's ``LrUpdaterHook`` (by_epoch,
-    ``warmup='linear'``, ``warmup_by_epoch=True``) and ``CosineAnnealingLrUpdaterHook(min_lr=0)``."""
+    ``warmup='linear'``, ``warmup_by_epoch=True``), ``CosineAnnealingLrUpdaterHook(min_lr=0)``."""
     warmup_iters = warmup_epochs * epoch_len
     lrs, lr, cur_iter = [], None, 0
     for epoch in range(epochs):
-        regular = 0 + 0.5 * (base_lr - 0) * (math.cos(math.pi * epoch / epochs) + 1)  # before_train_epoch
+        # before_train_epoch: annealing_cos(base_lr, min_lr=0, epoch / epochs)
+        regular = 0 + 0.5 * (base_lr - 0) * (math.cos(math.pi * epoch / epochs) + 1)
         lr = regular
         for _ in range(epoch_len):                                     # before_train_iter
             if cur_iter < warmup_iters:

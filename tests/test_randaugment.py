@@ -64,7 +64,8 @@ def test_magnitude_ends_of_the_scale() -> None:
 @pytest.mark.parametrize("factor", [0.79, 1.21])
 @pytest.mark.parametrize("ours, pil", [
     (ra.enhance_color, ImageEnhance.Color), (ra.enhance_contrast, ImageEnhance.Contrast),
-    (ra.enhance_brightness, ImageEnhance.Brightness), (ra.enhance_sharpness, ImageEnhance.Sharpness),
+    (ra.enhance_brightness, ImageEnhance.Brightness),
+    (ra.enhance_sharpness, ImageEnhance.Sharpness),
 ], ids=["color", "contrast", "brightness", "sharpness"])
 def test_enhance_ops_equal_pil(ours, pil, factor: float) -> None:
     array = frames()
@@ -74,7 +75,8 @@ def test_enhance_ops_equal_pil(ours, pil, factor: float) -> None:
 
 @pytest.mark.parametrize("ours, pil", [
     (ra.autocontrast, ImageOps.autocontrast), (ra.equalize, ImageOps.equalize),
-    (ra.invert, ImageOps.invert), (lambda c: ra.posterize(c, 7), lambda im: ImageOps.posterize(im, 7)),
+    (ra.invert, ImageOps.invert),
+    (lambda c: ra.posterize(c, 7), lambda im: ImageOps.posterize(im, 7)),
     (lambda c: ra.solarize(c, 197), lambda im: ImageOps.solarize(im, 197)),
     (ra.blur, lambda im: im.filter(ImageFilter.BLUR)),
     (ra.smooth, lambda im: im.filter(ImageFilter.SMOOTH)),

@@ -227,7 +227,8 @@ def official_segments(n: int, t: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("n", [8, 45, 64, 128, 300])
 @pytest.mark.parametrize("t", [8, 16, 32])
 def test_uniform_test_indices_follow_the_official_rule(n: int, t: int) -> None:
-    assert uniform_indices(n, t, train=False) == [(lo + hi) // 2 for lo, hi in official_segments(n, t)]
+    expected = [(lo + hi) // 2 for lo, hi in official_segments(n, t)]
+    assert uniform_indices(n, t, train=False) == expected
 
 
 def test_uniform_test_ssv2_8_segments_over_45_frames() -> None:
