@@ -63,6 +63,21 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--steps-per-epoch", type=int, default=1000,
+                        help="optimiser steps per epoch for the lr table (default: %(default)s)")
+
+
+@command("recipe", "print the effective recipe: sampling, test views, augmentation, schedule, "
+         "optimiser groups (meta device)", _recipe_args)
+def _recipe(args: argparse.Namespace) -> int:
+    from pipelines.recipe import describe_recipe
+
+    print(describe_recipe(load_config(args), args.steps_per_epoch))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # synth, ingest
 # ----------------------------------------------------------------------------------------------
