@@ -155,7 +155,7 @@ def parse_rand_augment(spec: str, path: str = "data.rand_augment") -> RandAugmen
     _check(parts[0] == "rand", path, _RAND_AUGMENT_FORMS, spec)
     magnitude, num_ops = 10, 2
     for part in parts[1:]:
-        match = re.fullmatch(r"([a-z]+)([0-9.]+)", part)
+        match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", part)
         _check(match is not None and match[1] in ("m", "n", *_TIMM_IGNORED_KEYS), path,
                f"timm options m, n, {', '.join(_TIMM_IGNORED_KEYS)} (cannot read {part!r})", spec)
         if match[1] == "m":

@@ -11,10 +11,12 @@ same parameters. imgaug 0.4's ``RandAugment`` (``imgaug/augmenters/collections.p
    posterize, solarize, color, contrast, brightness, sharpness, shear x/y, translate x/y, cutout,
    blur, smooth; their magnitudes scale with ``m / 30`` (:class:`Magnitudes`).
 
-The ops are PIL's (imgaug's ``pillike``), written here in torch: nearest-neighbour affine warps
-filled with grey 128, ``ImageEnhance`` blends, ``ImageOps`` look-up tables, ``ImageFilter`` kernels.
-Autocontrast and equalize work per frame and channel, as PIL does per image. Randomness comes from
-torch's global generator, as torchvision's transforms.
+The ops are PIL's (imgaug's ``pillike``), written here in torch and NumPy: nearest-neighbour
+affine warps filled with grey 128, ``ImageEnhance`` blends, ``ImageOps`` look-up tables,
+``ImageFilter`` kernels, each equal to PIL's output bit for bit (tests/test_randaugment.py);
+equalize follows imgaug's own variant. Autocontrast and equalize work per frame and channel, as
+PIL does per image. The crop's resize is torchvision's bilinear where imgaug calls OpenCV's, which
+can differ by a grey level. Randomness comes from torch's global generator, as torchvision's.
 """
 
 from __future__ import annotations

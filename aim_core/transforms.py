@@ -2,8 +2,9 @@
 
 A clip is stored as uint8 ``(T, H, W, C)`` RGB and reaches the model as float ``(C, T, H, W)``
 normalised with CLIP's mean and std. The clip goes through v2 as one ``tv_tensors.Video``
-``(T, C, H, W)``: v2 draws a transform's random parameters once per call, so every frame gets
-the same crop, flip, RandAugment ops and erased box. Per-frame randomness would be flicker that a
+``(T, C, H, W)``: v2 draws a transform's random parameters once per call (and so does imgaug's
+RandAugment, :mod:`aim_core.randaugment`), so every frame gets the same crop, flip, RandAugment
+ops and erased box. Per-frame randomness would be flicker that a
 temporal model could learn from and that a real camera never produces.
 """
 

@@ -166,8 +166,8 @@ def test_imgaug_flip_is_on_unless_noflip() -> None:
     assert not build_rand_augment("imgaug-n4-m7-noflip").flip
 
 
-@pytest.mark.parametrize("spec", ["augmix-m5", "rand-x3", "rand-m", "official", "imgaug-n4-m31",
-                                  "imgaug-n4"])
+@pytest.mark.parametrize("spec", ["augmix-m5", "rand-x3", "rand-m", "rand-m1.2.3", "official",
+                                  "imgaug-n4-m31", "imgaug-n4"])
 def test_bad_rand_augment_values_fail_at_load_naming_the_field(spec: str) -> None:
     with pytest.raises(ConfigError, match="^data.rand_augment: expected"):
         Config.from_dict({"data": {"rand_augment": spec}})
