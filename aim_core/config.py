@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -122,7 +123,49 @@ class ModelConfig:
 
 
 DATASET_FORMATS = ("folder", "kinetics_csv", "list", "ssv2_json")
-SAMPLERS = ("dense", "uniform")
+SAMPLERS = ("dense", "uniform", "uniform_tsn")
+
+
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    """A ``data.rand_augment`` value, read: whose RandAugment, how many ops, at what magnitude."""
+
+    family: Literal["imgaug", "torchvision"]
+    num_ops: int
+    magnitude: int          # imgaug: of 30; torchvision: of 10 (timm's scale)
+    flip: bool = False      # imgaug's built-in horizontal flip (p = 0.5)
+
+
+_RAND_AUGMENT_FORMS = ("null, 'imgaug-n<ops>-m<0..30>[-noflip]' (imgaug's RandAugment, the "
+                       "released SSv2 recipe: imgaug-n4-m7) or a timm string "
+                       "'rand-m<0..10>-n<ops>[-mstd..]' (torchvision's)")
+_TIMM_IGNORED_KEYS = ("mstd", "mmax", "inc", "w", "p")
+
+
+def parse_rand_augment(spec: str, path: str = "data.rand_augment") -> RandAugmentSpec:
+    """Read a ``data.rand_augment`` string; errors name ``path`` and the allowed forms.
+
+    timm strings keep timm's defaults (m10, n2) and clamp ``m`` to 0..10; torchvision has no
+    magnitude noise, op weights or "increasing" variants, so ``mstd``, ``mmax``, ``inc``, ``w``
+    and ``p`` are accepted and ignored.
+    """
+    imgaug = re.fullmatch(r"imgaug-n(\d+)-m(\d+)(-noflip)?", spec)
+    if imgaug:
+        ops, magnitude = int(imgaug[1]), int(imgaug[2])
+        _check(magnitude <= 30, path, "an imgaug magnitude m in 0..30", spec)
+        return RandAugmentSpec("imgaug", ops, magnitude, flip=imgaug[3] is None)
+    parts = spec.split("-")
+    _check(parts[0] == "rand", path, _RAND_AUGMENT_FORMS, spec)
+    magnitude, num_ops = 10, 2
+    for part in parts[1:]:
+        match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", part)
+        _check(match is not None and match[1] in ("m", "n", *_TIMM_IGNORED_KEYS), path,
+               f"timm options m, n, {', '.join(_TIMM_IGNORED_KEYS)} (cannot read {part!r})", spec)
+        if match[1] == "m":
+            magnitude = min(max(round(float(match[2])), 0), 10)
+        elif match[1] == "n":
+            num_ops = int(float(match[2]))
+    return RandAugmentSpec("torchvision", num_ops, magnitude)
 
 
 @dataclass
@@ -138,15 +181,20 @@ class DataConfig:
     val_fraction: float = 0.2               # held-out share when the annotations have no val split
     train_fraction: float = 1.0             # nested, stratified subset for data-efficiency studies
     seed: int = 0
-    sampler: Literal["dense", "uniform"] = "dense"
-    frame_interval: int = 16                # dense sampler: clip_len x interval
+    # dense: clip_len x interval (Kinetics); uniform: one frame per segment by the released configs'
+    # rule (SSv2, Diving-48); uniform_tsn: TSN-style segments of num_frames / clip_len.
+    sampler: Literal["dense", "uniform", "uniform_tsn"] = "dense"
+    frame_interval: int = 16                # dense sampler only
     test_clips: int = 3                     # temporal views at test time
     test_crops: int = 1                     # spatial views at test time (1 centre or 3 crops)
     short_side: int = 256                   # resize at decode time
     # Random-resized-crop area range in training; the released configs use (0.08, 1).
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     horizontal_flip: bool = True            # never for direction-dependent classes
-    rand_augment: str | None = None         # timm string, e.g. "rand-m7-n4-mstd0.5-inc1"
+    # imgaug-n4-m7: the released SSv2 recipe, imgaug's RandAugment (m of 30, with its own flip and
+    # crop; -noflip drops the flip); rand-m7-n4-...: a timm string, torchvision's (m of 10).
+    rand_augment: str | None = None
+    pca_lighting: float = 0.0               # std of PCA lighting noise (ViT-L K400 release: 0.1)
     random_erasing: float = 0.0
     label_smoothing: float = 0.0
     # Ray Data
@@ -167,6 +215,10 @@ class DataConfig:
         _check(self.short_side > 0, f"{path}.short_side", "a positive integer", self.short_side)
         _check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
                f"{path}.crop_scale", "[low, high] with 0 < low <= high <= 1", self.crop_scale)
+        if self.rand_augment is not None:
+            parse_rand_augment(self.rand_augment, f"{path}.rand_augment")
+        _check(self.pca_lighting >= 0, f"{path}.pca_lighting", "a non-negative number",
+               self.pca_lighting)
         _check(0 <= self.random_erasing <= 1, f"{path}.random_erasing", "a probability in [0, 1]",
                self.random_erasing)
         _check(0 <= self.label_smoothing < 1, f"{path}.label_smoothing", "a number in [0, 1)",
@@ -175,17 +227,31 @@ class DataConfig:
                self.videos_per_task)
 
 
+LR_GROUPS = ("backbone", "head")
+
+
 @dataclass
 class OptimConfig:
-    """The published recipe by default: AdamW 3e-4, wd 0.05, batch 64, 30 epochs, 3 warm-up."""
+    """The released recipe by default: AdamW 3e-4, wd 0.05, batch 64, 30 epochs, mmcv's cosine
+    schedule with 2.5 warm-up epochs from 0.1 x lr, the release's weight-decay exemptions."""
 
     epochs: int = 30
     batch_size: int = 64                    # effective batch, reached with gradient accumulation
     per_device_batch: int = 8
     lr: float = 3e-4
     weight_decay: float = 0.05
-    warmup_epochs: float = 3.0
-    schedule: Literal["cosine_epoch", "cosine_step"] = "cosine_epoch"
+    # Exempt from weight decay. released: class/positional embeddings and LayerNorms, by name, as
+    # the released configs' paramwise_cfg; 1d_and_embeddings: every 1-D tensor and every embedding.
+    no_weight_decay: Literal["released", "1d_and_embeddings"] = "released"
+    # Learning-rate multipliers by parameter group: backbone (every parameter but the head, the
+    # released configs' 'backbone'), head. The released ViT-L/14 K400 and SSv2: {backbone: 0.1}.
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    # mmcv_cosine: the released schedule, cosine per epoch over all epochs, linear warm-up per step
+    # from warmup_ratio x lr; cosine_epoch / cosine_step: timm's, warm-up from 0 then cosine per
+    # epoch / per step over the remaining epochs.
+    schedule: Literal["mmcv_cosine", "cosine_epoch", "cosine_step"] = "mmcv_cosine"
+    warmup_epochs: float = 2.5
+    warmup_ratio: float = 0.1               # mmcv_cosine only
     min_lr: float = 0.0
     grad_clip: float | None = None
     # Training and inference alike (aim_core.inference.autocast_dtype): auto is bf16 on GPUs that
@@ -202,8 +268,13 @@ class OptimConfig:
         _check(self.lr > 0, f"{path}.lr", "a positive number", self.lr)
         _check(self.weight_decay >= 0, f"{path}.weight_decay", "a non-negative number",
                self.weight_decay)
+        for group, mult in self.lr_mult.items():
+            _check(group in LR_GROUPS, f"{path}.lr_mult", f"groups among {list(LR_GROUPS)}", group)
+            _check(mult > 0, f"{path}.lr_mult.{group}", "a positive number", mult)
         _check(0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
                f"{path}.warmup_epochs", f"a number in [0, epochs={self.epochs})", self.warmup_epochs)
+        _check(0 < self.warmup_ratio <= 1, f"{path}.warmup_ratio", "a number in (0, 1]",
+               self.warmup_ratio)
         _check(self.grad_clip is None or self.grad_clip > 0, f"{path}.grad_clip",
                "null or a positive number", self.grad_clip)
         _check(self.eval_every > 0, f"{path}.eval_every", "a positive integer", self.eval_every)
@@ -470,10 +541,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                           f"{path}: expected {' or '.join(_type_name(o) for o in options)}, "
                           f"got {value!r}")
     if origin is dict:
+        key_type, value_type = get_args(tp)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        _, item = get_args(tp)
-        return {k: _coerce(item, v, f"{path}.{k}") for k, v in value.items()}
+            raise ConfigError(f"{path}: expected a mapping of {_type_name(key_type)} to "
+                              f"{_type_name(value_type)}, got {value!r}")
+        return {_coerce(key_type, k, path): _coerce(value_type, v, f"{path}.{k}")
+                for k, v in value.items()}
     if origin is list:
         (item,) = get_args(tp)
         if not isinstance(value, (list, tuple)):

@@ -2,16 +2,16 @@
 
 A clip is stored as uint8 ``(T, H, W, C)`` RGB and reaches the model as float ``(C, T, H, W)``
 normalised with CLIP's mean and std. The clip goes through v2 as one ``tv_tensors.Video``
-``(T, C, H, W)``: v2 draws a transform's random parameters once per call, so every frame gets
-the same crop, flip, RandAugment ops and erased box. Per-frame randomness would be flicker that a
+``(T, C, H, W)``: v2 draws a transform's random parameters once per call (and so does imgaug's
+RandAugment, :mod:`aim_core.randaugment`), so every frame gets the same crop, flip, RandAugment
+ops and erased box. Per-frame randomness would be flicker that a
 temporal model could learn from and that a real camera never produces.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -19,8 +19,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-if TYPE_CHECKING:
-    from aim_core.config import DataConfig
+from aim_core.config import DataConfig, parse_rand_augment
+from aim_core.randaugment import ImgaugRandAugment, apply_lut
 
 Clip = Union[torch.Tensor, np.ndarray]
 
@@ -28,15 +28,17 @@ Clip = Union[torch.Tensor, np.ndarray]
 CLIP_MEAN = (122.769, 116.74, 104.04)
 CLIP_STD = (68.493, 66.63, 70.321)
 
-# mmaction2's RandomResizedCrop defaults, which the released AIM configs use for every data set
-# (after a short-side resize to 256): area 8%-100% of the frame, aspect ratio 3/4-4/3.
-TRAIN_CROP_SCALE = (0.08, 1.0)
+# mmaction2's RandomResizedCrop aspect ratios, which the released AIM configs use for every data
+# set (the area range is data.crop_scale).
 TRAIN_CROP_RATIO = (3 / 4, 4 / 3)
 
 # timm's RandAugment magnitudes run 0..10; torchvision's map bin k of n to k/(n-1) of each op's
 # range, and the ranges match timm's at magnitude 10 (rotate 30 deg, shear 0.3, ...).
 _TIMM_MAX_MAGNITUDE = 10
-_IGNORED_RAND_AUGMENT_KEYS = ("mstd", "mmax", "inc", "w", "p")
+
+# mmaction2's ColorJitter PCA lighting (AlexNet's): RGB eigenvalues and eigenvectors, 0-255 scale.
+PCA_EIGVAL = (55.46, 4.794, 1.148)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
 def to_tchw(clip: Clip) -> torch.Tensor:
@@ -72,50 +74,53 @@ def normalize(clip_tchw: torch.Tensor) -> torch.Tensor:
     return (clip_tchw.as_subclass(torch.Tensor).float() - mean) / std
 
 
-def parse_rand_augment(spec: str) -> dict[str, int]:
-    """A timm RandAugment string (``rand-m7-n4-mstd0.5-inc1``) -> torchvision RandAugment kwargs.
+def build_rand_augment(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``data.rand_augment`` as a transform of uint8 ``(T, C, H, W)`` clips, one draw per clip."""
+    parsed = parse_rand_augment(spec)
+    if parsed.family == "imgaug":
+        return ImgaugRandAugment(parsed.num_ops, parsed.magnitude, flip=parsed.flip)
+    return v2.RandAugment(num_ops=parsed.num_ops, magnitude=parsed.magnitude,
+                          num_magnitude_bins=_TIMM_MAX_MAGNITUDE + 1)
 
-    ``m`` becomes ``magnitude`` on an 11-bin scale (timm's 0..10, clamped) and ``n`` ``num_ops``;
-    timm's defaults are m10, n2. torchvision has no magnitude noise, op weights or "increasing"
-    op variants, so ``mstd``, ``mmax``, ``inc``, ``w`` and ``p`` are accepted and ignored.
-    """
-    parts = spec.split("-")
-    if parts[0] != "rand":
-        raise ValueError(f"data.rand_augment: expected a timm string like 'rand-m7-n4', "
-                         f"got {spec!r}")
-    magnitude, num_ops = _TIMM_MAX_MAGNITUDE, 2
-    for part in parts[1:]:
-        match = re.fullmatch(r"([a-z]+)([0-9.]+)", part)
-        if match is None:
-            raise ValueError(f"data.rand_augment: cannot read {part!r} in {spec!r}")
-        key, value = match.groups()
-        if key == "m":
-            magnitude = min(max(round(float(value)), 0), _TIMM_MAX_MAGNITUDE)
-        elif key == "n":
-            num_ops = int(float(value))
-        elif key not in _IGNORED_RAND_AUGMENT_KEYS:
-            raise ValueError(f"data.rand_augment: unknown option {key!r} in {spec!r}")
-    return {"num_ops": num_ops, "magnitude": magnitude,
-            "num_magnitude_bins": _TIMM_MAX_MAGNITUDE + 1}
+
+class PCALighting:
+    """mmaction2's ``ColorJitter()`` (the released ViT-L K400 recipe): one RGB offset per clip,
+    ``eigvec @ (alpha * eigval)`` with ``alpha ~ N(0, std)``, added to every frame. Clips stay
+    uint8, so the sum is rounded and clipped (the release adds it in float: at most half a grey
+    level apart, except at saturated pixels)."""
+
+    def __init__(self, std: float) -> None:
+        self.std = std
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3, dtype=torch.float64) * self.std
+        rgb = torch.tensor(PCA_EIGVEC, dtype=torch.float64) @ (alpha * torch.tensor(PCA_EIGVAL))
+        levels = torch.arange(256, dtype=torch.float64)
+        lut = (levels + rgb.view(3, 1)).round().clamp(0, 255).to(torch.uint8)
+        return apply_lut(clip.as_subclass(torch.Tensor), lut.expand(clip.shape[0], 3, 256))
+
+    def __repr__(self) -> str:
+        return f"PCALighting(std={self.std})"
 
 
 class TrainTransform:
-    """Random-resized crop, optional flip and RandAugment, CLIP normalisation, random erasing.
+    """Random-resized crop, optional flip, RandAugment and PCA lighting, CLIP normalisation,
+    random erasing (the released configs' order).
 
     RandAugment runs after the crop, on ``image_size`` frames (cheaper than on full frames). Erased
     boxes are filled with 0 after normalisation (the data set mean) rather than noise, so the box
     looks the same in every frame.
     """
 
-    def __init__(self, cfg: DataConfig, image_size: int,
-                 crop_scale: tuple[float, float] = TRAIN_CROP_SCALE,
-                 crop_ratio: tuple[float, float] = TRAIN_CROP_RATIO) -> None:
-        ops: list[Callable] = [v2.RandomResizedCrop(image_size, scale=crop_scale, ratio=crop_ratio,
-                                                    antialias=True)]
+    def __init__(self, cfg: DataConfig, image_size: int) -> None:
+        ops: list[Callable] = [v2.RandomResizedCrop(image_size, scale=tuple(cfg.crop_scale),
+                                                    ratio=TRAIN_CROP_RATIO, antialias=True)]
         if cfg.horizontal_flip:
             ops.append(v2.RandomHorizontalFlip(p=0.5))
         if cfg.rand_augment:
-            ops.append(v2.RandAugment(**parse_rand_augment(cfg.rand_augment)))
+            ops.append(build_rand_augment(cfg.rand_augment))
+        if cfg.pca_lighting:
+            ops.append(PCALighting(cfg.pca_lighting))
         self.spatial = v2.Compose(ops)
         self.erase = v2.RandomErasing(p=cfg.random_erasing, value=0) if cfg.random_erasing else None
 
@@ -163,17 +168,16 @@ class TestTransform:
         return f"TestTransform(image_size={self.image_size}, crops={self.crops})"
 
 
-def build_train_transform(cfg: DataConfig, image_size: int, *,
-                          crop_scale: tuple[float, float] | None = None
-                          ) -> Callable[[Clip], torch.Tensor]:
+def build_train_transform(cfg: DataConfig, image_size: int) -> Callable[[Clip], torch.Tensor]:
     """uint8 ``(T, H, W, 3)`` -> float ``(3, T, image_size, image_size)``, augmented.
 
-    Flip only when ``cfg.horizontal_flip`` (off for direction-dependent classes such as SSv2's
-    "left to right"), RandAugment when ``cfg.rand_augment`` is a timm string, random erasing with
-    probability ``cfg.random_erasing``. Picklable, so it can travel to data-loading workers.
+    Random-resized crop over ``cfg.crop_scale`` of the area; flip only when ``cfg.horizontal_flip``
+    (off for direction-dependent classes such as SSv2's "left to right"; imgaug's RandAugment
+    flips on its own unless ``-noflip``), RandAugment as ``cfg.rand_augment`` says, PCA lighting
+    at ``cfg.pca_lighting``, random erasing with probability ``cfg.random_erasing``. Picklable,
+    so it can travel to data-loading workers.
     """
-    scale = crop_scale or (tuple(cfg.crop_scale) if cfg.crop_scale else TRAIN_CROP_SCALE)
-    return TrainTransform(cfg, image_size, crop_scale=scale)
+    return TrainTransform(cfg, image_size)
 
 
 def build_test_transform(cfg: DataConfig, image_size: int) -> Callable[[Clip], torch.Tensor]:

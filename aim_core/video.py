@@ -7,8 +7,9 @@ swscale) only the frames that are returned. Every failure to read a file surface
 :class:`VideoDecodeError`, so ingest can skip and report bad files instead of dying on them.
 
 Frame indices are presentation order, counted from 0. The samplers are pure functions of their
-arguments and a ``numpy.random.Generator``; they follow mmaction2's ``SampleFrames`` (dense clips,
-Kinetics) and TSN-style segments (uniform, SSv2 / Diving-48) as the released AIM configs use them.
+arguments and a ``numpy.random.Generator``; they follow mmaction2's ``SampleFrames`` as the released
+AIM configs use it: dense clips (Kinetics) and ``frame_uniform`` segments (SSv2, Diving-48), with
+TSN-style segments as an alternative.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from av.container import InputContainer
     from av.video.stream import VideoStream
 
-    from aim_core.config import DataConfig
+    from aim_core.config import Config, DataConfig
 
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -399,31 +400,52 @@ def dense_indices(num_frames: int, clip_len: int, interval: int, *, train: bool,
     return [[(start + j * interval) % num_frames for j in range(clip_len)] for start in starts]
 
 
-def _segment_positions(num_frames: int, num_segments: int, view: int, num_views: int) -> list[int]:
-    """Frame at fraction ``(view + 1/2) / num_views`` of each of ``num_segments`` equal segments.
+def _view_offset(lo: int, hi: int, view: int, num_views: int) -> int:
+    """Test view ``view`` of ``num_views`` within ``[lo, hi]``: at fraction ``(2 view + 1) /
+    (2 num_views)``, rounded down; one view is the middle, ``(lo + hi) // 2``."""
+    return lo + (hi - lo) * (2 * view + 1) // (2 * num_views)
 
-    ``floor(seg * i + seg * (2 * view + 1) / (2 * num_views))`` with ``seg = num_frames /
-    num_segments``, computed in integers so that exact boundaries do not round down by accident.
+
+def uniform_indices(num_frames: int, num_segments: int, *, train: bool,
+                    rng: np.random.Generator | None = None, view: int = 0,
+                    num_views: int = 1) -> list[int]:
+    """One frame per segment, as the released AIM configs sample SSv2 and Diving-48.
+
+    The official rule (mmaction2 ``SampleFrames(frame_uniform=True)``, after SlowFast):
+    ``seg = (num_frames - 1) / num_segments``, segment ``i`` spans ``round(seg * i)`` to
+    ``round(seg * (i + 1))`` with both ends included, so neighbours share their boundary frame
+    and the last frame can be drawn. ``round`` is half-to-even in float arithmetic, as NumPy's.
+    train: a uniform draw in each segment; test: ``(start + end) // 2``. Further test views
+    (``num_views`` > 1, which the release never uses) sit at evenly spaced offsets in each segment.
     """
+    _check_positive(num_frames=num_frames, num_segments=num_segments, num_views=num_views)
+    seg = (num_frames - 1) / num_segments
+    bounds = [(round(seg * i), round(seg * (i + 1))) for i in range(num_segments)]
+    if train:
+        rng = rng if rng is not None else np.random.default_rng()
+        return [int(rng.integers(lo, hi + 1)) for lo, hi in bounds]
+    return [_view_offset(lo, hi, view, num_views) for lo, hi in bounds]
+
+
+def tsn_uniform_indices(num_frames: int, num_segments: int, *, train: bool,
+                        rng: np.random.Generator | None = None, view: int = 0,
+                        num_views: int = 1) -> list[int]:
+    """One frame per segment, TSN-style: ``num_segments`` segments of ``num_frames / num_segments``.
+
+    Segment ``i`` spans ``[floor(seg * i), floor(seg * (i + 1)))`` (end excluded); train draws
+    uniformly in it, test view ``view`` of ``num_views`` sits at fraction ``(2 view + 1) /
+    (2 num_views)`` of it (one view: ``int(seg * i + seg / 2)``), in exact integer arithmetic.
+    """
+    _check_positive(num_frames=num_frames, num_segments=num_segments, num_views=num_views)
+    if train:
+        rng = rng if rng is not None else np.random.default_rng()
+        bounds = [num_frames * i // num_segments for i in range(num_segments + 1)]
+        return [lo + int(rng.integers(max(hi - lo, 1))) for lo, hi in zip(bounds[:-1], bounds[1:])]
     denom = 2 * num_views * num_segments
     return [num_frames * (2 * num_views * i + 2 * view + 1) // denom for i in range(num_segments)]
 
 
-def uniform_indices(num_frames: int, num_segments: int, *, train: bool,
-                    rng: np.random.Generator | None = None) -> list[int]:
-    """One frame from each of ``num_segments`` equal segments (TSN-style; SSv2, Diving-48).
-
-    With ``seg = num_frames / num_segments``, segment ``i`` spans
-    ``[floor(seg * i), floor(seg * (i + 1)))``.
-    train: a random frame of each segment; test: the middle one, ``int(seg * i + seg / 2)``.
-    The result is always sorted; with fewer frames than segments, indices repeat.
-    """
-    _check_positive(num_frames=num_frames, num_segments=num_segments)
-    if not train:
-        return _segment_positions(num_frames, num_segments, 0, 1)
-    rng = rng if rng is not None else np.random.default_rng()
-    bounds = [num_frames * i // num_segments for i in range(num_segments + 1)]
-    return [lo + int(rng.integers(max(hi - lo, 1))) for lo, hi in zip(bounds[:-1], bounds[1:])]
+UNIFORM_SAMPLERS = {"uniform": uniform_indices, "uniform_tsn": tsn_uniform_indices}
 
 
 def clip_indices(cfg: "DataConfig", num_frames: int, clip_len: int, *, train: bool,
@@ -431,16 +453,45 @@ def clip_indices(cfg: "DataConfig", num_frames: int, clip_len: int, *, train: bo
     """The frame indices of each temporal view of one video, as ``cfg.sampler`` says.
 
     Training draws one view. Testing draws ``cfg.test_clips`` views: evenly spaced dense clips, or
-    for the uniform sampler the same segments sampled at ``cfg.test_clips`` evenly spaced offsets
+    for the uniform samplers the same segments sampled at ``cfg.test_clips`` evenly spaced offsets
     within each segment (one view: the segment middles).
     """
     if cfg.sampler == "dense":
         return dense_indices(num_frames, clip_len, cfg.frame_interval, train=train,
                              num_clips=1 if train else cfg.test_clips, rng=rng)
-    if cfg.sampler == "uniform":
-        if train:
-            return [uniform_indices(num_frames, clip_len, train=True, rng=rng)]
-        _check_positive(num_frames=num_frames, num_segments=clip_len)
-        return [_segment_positions(num_frames, clip_len, view, cfg.test_clips)
-                for view in range(cfg.test_clips)]
-    raise ValueError(f"data.sampler: expected 'dense' or 'uniform', got {cfg.sampler!r}")
+    sample = UNIFORM_SAMPLERS.get(cfg.sampler)
+    if sample is None:
+        raise ValueError(f"data.sampler: expected one of {['dense', *UNIFORM_SAMPLERS]}, "
+                         f"got {cfg.sampler!r}")
+    if train:
+        return [sample(num_frames, clip_len, train=True, rng=rng)]
+    return [sample(num_frames, clip_len, train=False, view=view, num_views=cfg.test_clips)
+            for view in range(cfg.test_clips)]
+
+
+_SAMPLING = {"uniform": "uniform segments (the released rule)",
+             "uniform_tsn": "uniform segments (TSN-style)"}
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How each video is tested: ``clips`` temporal views x ``crops`` spatial views of ``frames``
+    frames, sampled as ``sampling`` says. Printed with every result and logged to MLflow, since
+    numbers from different protocols do not compare."""
+
+    clips: int
+    crops: int
+    frames: int
+    sampling: str
+
+    def __str__(self) -> str:
+        return (f"{self.clips} clip{'s' * (self.clips != 1)} x {self.crops} "
+                f"crop{'s' * (self.crops != 1)} of {self.frames} frames, {self.sampling}")
+
+
+def eval_protocol(cfg: "Config") -> EvalProtocol:
+    """The test protocol ``cfg`` evaluates with (:func:`clip_indices` and the test crops)."""
+    data = cfg.data
+    sampling = (f"dense, every {data.frame_interval} frames" if data.sampler == "dense"
+                else _SAMPLING[data.sampler])
+    return EvalProtocol(data.test_clips, data.test_crops, cfg.model.num_frames, sampling)

@@ -69,6 +69,7 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> Config:
          add_config_args)
 def _describe(args: argparse.Namespace) -> int:
     from aim_core.accounting import model_cost
+    from aim_core.video import eval_protocol
 
     cfg = load_config(args)
     m = cfg.model
@@ -78,10 +79,24 @@ def _describe(args: argparse.Namespace) -> int:
         console.say(f"adapters  {'+'.join(m.adapter.adaptations) or 'none'}, ratio {m.adapter.ratio}, "
               f"placement {m.adapter.placement}, scale {m.adapter.scale}, "
               f"{m.adapter.temporal_adapters} temporal adapter(s)")
-    console.say(f"views     {cfg.data.test_clips} clip(s) x {cfg.data.test_crops} crop(s)")
+    console.say(f"views     {eval_protocol(cfg)}")
     console.say(model_cost(cfg).summary())
     return 0
 
+
+def _recipe_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--steps-per-epoch", type=int, default=1000,
+                        help="optimiser steps per epoch for the lr table (default: %(default)s)")
+
+
+@command("recipe", "print the effective recipe: sampling, test views, augmentation, schedule, "
+         "optimiser groups (meta device)", _recipe_args)
+def _recipe(args: argparse.Namespace) -> int:
+    from pipelines.train.recipe import describe_recipe
+
+    console.say(describe_recipe(load_config(args), args.steps_per_epoch))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------

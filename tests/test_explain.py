@@ -137,7 +137,8 @@ def test_explain_compares_frozen_space_only_with_aim_as_png_and_gif(tmp_path, vi
 def test_frames_span_the_video_unless_the_config_sampler_is_asked_for():
     cfg = Config(model=tiny_cfg(), data=DataConfig(sampler="dense", frame_interval=2,
                                                    test_clips=3))
-    assert frame_indices(cfg, 40, from_config=False) == [5, 15, 25, 35]
+    # The uniform sampler's test view: segments of 39 / 4 frames, [0,10] [10,20] [20,29] [29,39].
+    assert frame_indices(cfg, 40, from_config=False) == [5, 15, 24, 34]
     assert frame_indices(cfg, 40, from_config=True) == [5, 7, 9, 11]  # first of 3 dense views
 
 

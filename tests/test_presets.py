@@ -19,12 +19,22 @@ def test_every_preset_loads(path):
     assert cfg.model.num_frames == int(frames[:-1])
     assert cfg.model.num_classes == {"k400": 400, "k700": 700, "ssv2": 174, "diving48": 48}[dataset]
     assert cfg.model.backbone.name.startswith({"vitb16": "ViT-B-16", "vitl14": "ViT-L-14"}[backbone])
+    assert (cfg.optim.schedule, cfg.optim.warmup_epochs, cfg.optim.warmup_ratio) == \
+        ("mmcv_cosine", 2.5, 0.1)
+    assert cfg.optim.no_weight_decay == "released"
+    released_lr_mult = backbone == "vitl14" and dataset in ("k400", "ssv2")
+    assert cfg.optim.lr_mult == ({"backbone": 0.1} if released_lr_mult else {})
+    assert cfg.data.pca_lighting == (0.1 if (dataset, backbone) == ("k400", "vitl14") else 0.0)
     if dataset == "ssv2":
         assert cfg.model.adapter.temporal_adapters == 2 and not cfg.data.horizontal_flip
+        assert cfg.data.rand_augment == "imgaug-n4-m7" and cfg.data.sampler == "uniform"
         assert (cfg.data.test_clips, cfg.data.test_crops) == (1, 3)
     if dataset.startswith("k"):
         assert cfg.data.frame_interval * cfg.model.num_frames == 128
-        assert (cfg.data.test_clips, cfg.data.test_crops, cfg.optim.epochs) == (3, 1, 30)
+        assert (cfg.data.test_clips, cfg.optim.epochs) == (3, 30)
+    if dataset != "ssv2":  # ThreeCrop in the K700 and Diving-48 ViT-B/16 configs
+        three = dataset == "k700" or (dataset, backbone) == ("diving48", "vitb16")
+        assert cfg.data.test_crops == (3 if three else 1)
 
 
 def test_describe_prints_the_paper_numbers(capsys):

@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from aim_core.config import DataConfig
-from aim_core.transforms import (CLIP_MEAN, CLIP_STD, build_test_transform, build_train_transform,
-                                 crop_origins, normalize, parse_rand_augment, to_tchw)
+from torchvision.transforms import v2
+
+from aim_core.config import Config, ConfigError, DataConfig
+from aim_core.randaugment import ImgaugRandAugment
+from aim_core.transforms import (CLIP_MEAN, CLIP_STD, build_rand_augment, build_test_transform,
+                                 build_train_transform, crop_origins, normalize, to_tchw)
 
 ALL_AUGMENTATIONS = DataConfig(horizontal_flip=True, rand_augment="rand-m7-n4-mstd0.5-inc1",
                                random_erasing=1.0)
+RELEASED_SSV2 = DataConfig(horizontal_flip=False, rand_augment="imgaug-n4-m7", random_erasing=0.25)
+RELEASED_L14_K400 = DataConfig(horizontal_flip=True, pca_lighting=0.1)
 
 
 def constant_clip(rgb: tuple[int, int, int], t: int = 4, h: int = 40, w: int = 60) -> np.ndarray:
@@ -71,11 +76,13 @@ def test_train_without_colour_augmentation_keeps_a_constant_colour() -> None:
     assert torch.allclose(out, expected, atol=1e-5)
 
 
-def test_train_augmentation_is_the_same_for_every_frame() -> None:
+@pytest.mark.parametrize("cfg", [ALL_AUGMENTATIONS, RELEASED_SSV2, RELEASED_L14_K400],
+                         ids=["torchvision", "imgaug", "pca_lighting"])
+def test_train_augmentation_is_the_same_for_every_frame(cfg: DataConfig) -> None:
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
     clip = np.repeat(frame, 8, axis=0)
-    transform = build_train_transform(ALL_AUGMENTATIONS, 32)
+    transform = build_train_transform(cfg, 32)
     for seed in range(20):
         torch.manual_seed(seed)
         out = transform(clip)
@@ -119,19 +126,51 @@ def test_train_transform_pickles_for_data_loader_workers() -> None:
     assert transform(constant_clip((1, 2, 3))).shape == (3, 4, 32, 32)
 
 
-@pytest.mark.parametrize("spec,expected", [
-    ("rand-m7-n4-mstd0.5-inc1", {"num_ops": 4, "magnitude": 7, "num_magnitude_bins": 11}),
-    ("rand-m9-mstd0.5", {"num_ops": 2, "magnitude": 9, "num_magnitude_bins": 11}),
-    ("rand-m15-n1", {"num_ops": 1, "magnitude": 10, "num_magnitude_bins": 11}),
+def test_released_ssv2_augmentation_flips_although_the_flip_setting_is_off() -> None:
+    transform = build_train_transform(RELEASED_SSV2, 32)
+    torch.manual_seed(0)
+    flips = sum(_flipped(transform(ramp_clip())) for _ in range(100))
+    assert 30 <= flips <= 70
+    no_flip = build_train_transform(DataConfig(horizontal_flip=False,
+                                               rand_augment="imgaug-n0-m7-noflip"), 32)
+    assert not any(_flipped(no_flip(ramp_clip())) for _ in range(50))
+
+
+def test_pca_lighting_shifts_each_clip_by_one_rgb_offset() -> None:
+    transform = build_train_transform(RELEASED_L14_K400, 32)
+    torch.manual_seed(0)
+    offsets = []
+    for _ in range(200):
+        out = transform(constant_clip((120, 120, 120)))
+        assert out.flatten(1).std(dim=1).max() == 0        # one colour over the whole clip
+        offsets.append(out[:, 0, 0, 0] * torch.tensor(CLIP_STD) + torch.tensor(CLIP_MEAN) - 120)
+    spread = torch.stack(offsets).std(dim=0)
+    # eigvec @ (alpha * eigval), alpha ~ N(0, 0.1): about 3.2 grey levels of std per channel
+    assert torch.allclose(spread, torch.full((3,), 3.2), atol=0.8)
+
+
+@pytest.mark.parametrize("spec, kind, ops, magnitude", [
+    ("imgaug-n4-m7", ImgaugRandAugment, 4, 7),
+    ("rand-m7-n4-mstd0.5-inc1", v2.RandAugment, 4, 7),
+    ("rand-m9-mstd0.5", v2.RandAugment, 2, 9),
+    ("rand-m15-n1", v2.RandAugment, 1, 10),
 ])
-def test_parse_timm_rand_augment_strings(spec: str, expected: dict[str, int]) -> None:
-    assert parse_rand_augment(spec) == expected
+def test_rand_augment_values_pick_the_implementation(spec, kind, ops, magnitude) -> None:
+    augment = build_rand_augment(spec)
+    assert isinstance(augment, kind)
+    assert (augment.num_ops, augment.magnitude) == (ops, magnitude)
 
 
-@pytest.mark.parametrize("spec", ["augmix-m5", "rand-x3", "rand-m"])
-def test_bad_rand_augment_strings_name_the_field(spec: str) -> None:
-    with pytest.raises(ValueError, match="data.rand_augment"):
-        parse_rand_augment(spec)
+def test_imgaug_flip_is_on_unless_noflip() -> None:
+    assert build_rand_augment("imgaug-n4-m7").flip
+    assert not build_rand_augment("imgaug-n4-m7-noflip").flip
+
+
+@pytest.mark.parametrize("spec", ["augmix-m5", "rand-x3", "rand-m", "rand-m1.2.3", "official",
+                                  "imgaug-n4-m31", "imgaug-n4"])
+def test_bad_rand_augment_values_fail_at_load_naming_the_field(spec: str) -> None:
+    with pytest.raises(ConfigError, match="^data.rand_augment: expected"):
+        Config.from_dict({"data": {"rand_augment": spec}})
 
 
 # ----------------------------------------------------------------------------------------------

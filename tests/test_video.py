@@ -13,7 +13,7 @@ from videotools import (index_frames, keyframe_indices, marker_at_top_left, read
 
 from aim_core.config import DataConfig
 from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, dense_indices,
-                            probe_video, rotate_upright, uniform_indices)
+                            probe_video, rotate_upright, tsn_uniform_indices, uniform_indices)
 
 
 def indices_of(frames: np.ndarray) -> list[int]:
@@ -218,29 +218,58 @@ def test_samplers_are_deterministic_given_the_generator() -> None:
             == uniform_indices(45, 8, train=True, rng=np.random.default_rng(7)))
 
 
+def official_segments(n: int, t: int) -> list[tuple[int, int]]:
+    """The released configs' rule, transcribed from mmaction2 ``SampleFrames.get_seq_frames``."""
+    seg_size = float(n - 1) / t
+    return [(int(np.round(seg_size * i)), int(np.round(seg_size * (i + 1)))) for i in range(t)]
+
+
+@pytest.mark.parametrize("n", [8, 45, 64, 128, 300])
+@pytest.mark.parametrize("t", [8, 16, 32])
+def test_uniform_test_indices_follow_the_official_rule(n: int, t: int) -> None:
+    expected = [(lo + hi) // 2 for lo, hi in official_segments(n, t)]
+    assert uniform_indices(n, t, train=False) == expected
+
+
 def test_uniform_test_ssv2_8_segments_over_45_frames() -> None:
-    # seg = 5.625: int(2.81), int(8.44), int(14.06), int(19.69), int(25.31), int(30.94), ...
-    assert uniform_indices(45, 8, train=False) == [2, 8, 14, 19, 25, 30, 36, 42]
+    # seg = 44 / 8 = 5.5; bounds round half to even: (0,6) (6,11) (11,16) (16,22) (22,28) (28,33)
+    # (33,38) (38,44). TSN-style segments of 45 / 8 frames put 4 of the 8 middles one frame later.
+    assert uniform_indices(45, 8, train=False) == [3, 8, 13, 19, 25, 30, 35, 41]
+    assert tsn_uniform_indices(45, 8, train=False) == [2, 8, 14, 19, 25, 30, 36, 42]
 
 
-def test_uniform_train_ssv2_draws_one_frame_per_segment() -> None:
+@pytest.mark.parametrize("n", [8, 45, 64, 128, 300])
+def test_uniform_train_draws_every_frame_of_each_segment_both_ends_included(n: int) -> None:
+    rng = np.random.default_rng(0)
+    seen: list[set[int]] = [set() for _ in range(8)]
+    for _ in range(1500):
+        for i, index in enumerate(uniform_indices(n, 8, train=True, rng=rng)):
+            seen[i].add(index)
+    assert seen == [set(range(lo, hi + 1)) for lo, hi in official_segments(n, 8)]
+    assert n - 1 in seen[-1]  # the last frame can be drawn (TSN-style segments never reach it)
+
+
+def test_tsn_uniform_train_draws_one_frame_per_half_open_segment() -> None:
     # Segments [floor(5.625 i), floor(5.625 (i+1))): [0,5) [5,11) [11,16) [16,22) [22,28) [28,33)
     # [33,39) [39,45); every frame of every segment gets drawn.
     bounds = [0, 5, 11, 16, 22, 28, 33, 39, 45]
     rng = np.random.default_rng(0)
     seen: list[set[int]] = [set() for _ in range(8)]
     for _ in range(500):
-        for i, index in enumerate(uniform_indices(45, 8, train=True, rng=rng)):
+        for i, index in enumerate(tsn_uniform_indices(45, 8, train=True, rng=rng)):
             seen[i].add(index)
     assert seen == [set(range(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def test_uniform_with_fewer_frames_than_segments_repeats_sorted_indices() -> None:
-    assert uniform_indices(5, 8, train=False) == [0, 0, 1, 2, 2, 3, 4, 4]
+    # seg = 0.5, bounds rounded half to even: (0,0) (0,1) (1,2) (2,2) (2,2) (2,3) (3,4) (4,4).
+    assert uniform_indices(5, 8, train=False) == [0, 0, 1, 2, 2, 2, 3, 4]
+    assert tsn_uniform_indices(5, 8, train=False) == [0, 0, 1, 2, 2, 3, 4, 4]
     rng = np.random.default_rng(3)
     for _ in range(50):
-        drawn = uniform_indices(5, 8, train=True, rng=rng)
-        assert drawn == sorted(drawn) and set(drawn) <= set(range(5))
+        for sample in (uniform_indices, tsn_uniform_indices):
+            drawn = sample(5, 8, train=True, rng=rng)
+            assert drawn == sorted(drawn) and set(drawn) <= set(range(5))
 
 
 def test_clip_indices_dense_views_follow_the_config() -> None:
@@ -253,9 +282,16 @@ def test_clip_indices_dense_views_follow_the_config() -> None:
 
 def test_clip_indices_uniform_views_offset_within_segments() -> None:
     one = DataConfig(sampler="uniform", test_clips=1)
-    assert clip_indices(one, 45, 8, train=False) == [[2, 8, 14, 19, 25, 30, 36, 42]]
-    # 3 views over 24 frames, 4 segments of 6: offsets 1, 3, 5 within each segment.
+    assert clip_indices(one, 45, 8, train=False) == [[3, 8, 13, 19, 25, 30, 35, 41]]
+    # 3 views over 25 frames, 4 segments [0,6] [6,12] [12,18] [18,24]: offsets 1, 3, 5 within each.
     three = DataConfig(sampler="uniform", test_clips=3)
+    assert clip_indices(three, 25, 4, train=False) == [[1, 7, 13, 19], [3, 9, 15, 21],
+                                                       [5, 11, 17, 23]]
+    assert len(clip_indices(three, 25, 4, train=True, rng=np.random.default_rng(0))) == 1
+
+
+def test_clip_indices_tsn_views_offset_within_segments() -> None:
+    # 3 views over 24 frames, 4 segments of 6: offsets 1, 3, 5 within each segment.
+    three = DataConfig(sampler="uniform_tsn", test_clips=3)
     assert clip_indices(three, 24, 4, train=False) == [[1, 7, 13, 19], [3, 9, 15, 21],
                                                        [5, 11, 17, 23]]
-    assert len(clip_indices(three, 24, 4, train=True, rng=np.random.default_rng(0))) == 1

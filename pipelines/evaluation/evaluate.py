@@ -32,8 +32,8 @@ from aim_core.config import Config
 from aim_core.inference import Inference
 from aim_core.metrics import ClassificationMeter
 from aim_core.transforms import build_test_transform
-from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, open_video_source,
-                            probe_video)
+from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, eval_protocol,
+                            open_video_source, probe_video)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def _result(meter: ClassificationMeter, class_names: Sequence[str], cfg: Config,
         raise ValueError(f"no video could be evaluated ({len(failed)} failed: {failed[:3]})")
     return {**meter.compute(), "class_names": list(class_names), "num_videos": meter.count,
             "views": {"clips": cfg.data.test_clips, "crops": cfg.data.test_crops},
+            "protocol": str(eval_protocol(cfg)),
             "failed": [list(f) for f in failed]}
 
 
@@ -193,10 +194,9 @@ def evaluate(model: torch.nn.Module, cfg: Config, data: Any, class_names: Sequen
 # ----------------------------------------------------------------------------------------------
 
 def summary(metrics: dict[str, Any]) -> str:
-    views = metrics.get("views", {})
     return (f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
             f"mean class {100 * metrics['mean_class_acc']:.2f}%  on {metrics['num_videos']} videos "
-            f"({views.get('clips', '?')} clip(s) x {views.get('crops', '?')} crop(s))"
+            f"({metrics.get('protocol', 'test protocol not recorded')})"
             + (f", {len(metrics['failed'])} unreadable" if metrics.get("failed") else ""))
 
 
@@ -214,11 +214,16 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
 
 def log_report(run_id: str, metrics: dict[str, Any], files: Sequence[Path],
                prefix: str = "eval") -> None:
-    """Attach the evaluation to an existing MLflow run (``eval_top1`` ... and ``eval/`` files)."""
+    """Attach the evaluation to an existing MLflow run (``eval_top1`` ..., the test protocol as
+    the ``eval_protocol`` tag, and ``eval/`` files)."""
+    from mlflow import MlflowClient
+
     from pipelines.tracking.runs import log_epoch, log_file
 
     scalars = {f"{prefix}_{k}": metrics[k] for k in ("top1", "top5", "mean_class_acc")}
     log_epoch(scalars, 0, run_id=run_id)
+    if "protocol" in metrics:
+        MlflowClient().set_tag(run_id, f"{prefix}_protocol", metrics["protocol"])
     for path in files:
         log_file(path, prefix, run_id=run_id)
 

@@ -25,6 +25,7 @@ from aim_core.checkpoint import MODEL_FILE
 from aim_core.annotations import AnnotationError
 from aim_core.config import Config
 from aim_core.storage import is_uri
+from aim_core.video import eval_protocol
 
 from pipelines import console
 from pipelines.preflight import check_data_location, check_training
@@ -90,11 +91,12 @@ def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None
         mlflow_run_id = run.info.run_id
         folder.remember_mlflow_run(mlflow_run_id)
         _log_start(cost, data)
+        console.say(f"[aim-video train] validation: {eval_protocol(cfg)}")
         with EpochLines(cfg.run.name, cfg.optim.epochs, cfg.run.print_every) as lines:
             reporter = EpochReporter(cfg.run.tracking_uri, mlflow_run_id, lines.queue)
             result = _trainer(cfg, data, [reporter, *(callbacks or [])]).fit()
         outcome = _collect(result, cfg, mlflow_run_id, data.class_names, cost)
-        _log_final(outcome)
+        _log_final(outcome, cfg)
         if cfg.run.register_as:
             _register(outcome, cfg)
     return outcome
@@ -190,11 +192,14 @@ def _collect(result: ray.train.Result, cfg: Config, mlflow_run_id: str,
                         class_names, cost)
 
 
-def _log_final(outcome: TrainOutcome) -> None:
-    """Final metrics, curves, confusion matrix, evaluation and the model checkpoint as artifacts."""
+def _log_final(outcome: TrainOutcome, cfg: Config) -> None:
+    """Final metrics and test protocol, curves, confusion matrix, evaluation and the model
+    checkpoint as artifacts."""
     ev = outcome.evaluation
+    ev["protocol"] = str(eval_protocol(cfg))
     mlflow.log_metrics({"final_top1": ev["top1"], "final_top5": ev["top5"],
                         "final_mean_class_acc": ev["mean_class_acc"]})
+    mlflow.set_tag("final_protocol", ev["protocol"])
     with tempfile.TemporaryDirectory() as tmp:
         runs.log_file(plots.plot_curves(outcome.history, Path(tmp) / "curves.png"))
         runs.log_file(plots.plot_confusion(ev["confusion"], outcome.class_names,
@@ -203,5 +208,5 @@ def _log_final(outcome: TrainOutcome) -> None:
     mlflow.log_artifact(str(outcome.model_dir / MODEL_FILE), "checkpoint")
     console.say(f"[aim-video train] done: val top-1 {100 * ev['top1']:.1f}%, top-5 "
                 f"{100 * ev['top5']:.1f}%, mean-class {100 * ev['mean_class_acc']:.1f}% on "
-                f"{ev['num_videos']} videos; run {outcome.run_path}; MLflow run "
+                f"{ev['num_videos']} videos ({ev['protocol']}); run {outcome.run_path}; MLflow run "
                 f"{outcome.mlflow_run_id}")
