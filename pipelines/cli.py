@@ -304,6 +304,39 @@ def _compare_classes(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# models
+# ----------------------------------------------------------------------------------------------
+
+def _models_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", metavar="NAME", help="one registered model (default: "
+                        "all)")
+    parser.add_argument("--promote", metavar="VERSION", help="point --alias at this version, "
+                        "after showing it beside the version that has the alias now")
+    parser.add_argument("--alias", default="champion", help="the alias --promote moves "
+                        "(default: %(default)s)")
+
+
+@command("models", "registered models: versions, aliases, scores, data set, backbone; --promote "
+         "moves an alias", _models_args)
+def _models(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from pipelines.tracking.models import promote, table, versions
+    from pipelines.tracking.runs import configure
+
+    configure()  # $MLFLOW_TRACKING_URI or ./mlflow.db
+    client = MlflowClient()
+    if args.promote:
+        if not args.name:
+            raise ConfigError("models --promote: name the model, e.g. aim-video models NAME "
+                              "--promote 3")
+        promote(client, args.name, args.promote, args.alias)
+    else:
+        console.say(table(versions(client, args.name)))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # sweep, report
 # ----------------------------------------------------------------------------------------------
 

@@ -94,3 +94,16 @@ def test_an_mlflow_run_id_gives_the_checkpoint_that_run_logged(tmp_path):
         mlflow.log_artifact(str(tmp_path / "ckpt" / MODEL_FILE), "checkpoint")
     loaded, _, names = resolve_model(run.info.run_id)
     assert names == CLASSES and _same(loaded, model)
+
+
+@pytest.mark.parametrize("classes,width,frames,views", [
+    (400, 768, 8, ("dense", 16, 3, 1)), (700, 768, 8, ("dense", 16, 3, 3)),
+    (400, 1024, 32, ("dense", 4, 3, 1)), (174, 768, 8, ("uniform", 16, 1, 3)),
+    (48, 768, 8, ("uniform", 16, 1, 3)), (48, 1024, 8, ("uniform", 16, 1, 1)),
+])
+def test_released_checkpoints_are_tested_as_their_configs_say(classes, width, frames, views):
+    from aim_core.config import DataConfig
+    from pipelines.tracking.references import released_test_views
+
+    data = DataConfig(**released_test_views(classes, width, frames))
+    assert (data.sampler, data.frame_interval, data.test_clips, data.test_crops) == views

@@ -175,15 +175,23 @@ def _inside(folder: Path, rel: str, artifact: str) -> Path:
     return path
 
 
+def released_test_views(num_classes: int, width: int, frames: int) -> dict[str, object]:
+    """The test protocol of the released config a checkpoint's shapes point to (the released
+    configs under ``configs/recognition/vit/``): SSv2 (174 classes) 1 clip x 3 crops, uniform;
+    Diving-48 (48) uniform, 1 x 3 for ViT-B/16 (its config's ThreeCrop) and 1 x 1 for ViT-L/14;
+    Kinetics dense 8x16 / 16x8 / 32x4, 3 clips x 1 crop, and 3 x 3 for Kinetics-700."""
+    if num_classes in (174, 48):
+        crops = 3 if num_classes == 174 or width < 1024 else 1
+        return {"sampler": "uniform", "test_clips": 1, "test_crops": crops,
+                "horizontal_flip": False}
+    return {"sampler": "dense", "frame_interval": max(1, 128 // frames), "test_clips": 3,
+            "test_crops": 3 if num_classes == 700 else 1}
+
+
 def _load_official(path: Path, device: str | torch.device) -> LoadedModel:
     from aim_core.official import load_official_checkpoint
 
     model = load_official_checkpoint(path).to(device).eval()
     m = model.cfg
-    if m.num_classes in (174, 48):      # SSv2 / Diving-48 recipes: uniform segments
-        data = DataConfig(sampler="uniform", test_clips=1, test_crops=3 if m.num_classes == 174
-                          else 1, horizontal_flip=False)
-    else:                               # Kinetics: dense 8x16 / 16x8 / 32x4, 3 clips x 1 crop
-        data = DataConfig(sampler="dense", frame_interval=max(1, 128 // m.num_frames),
-                          test_clips=3, test_crops=1)
+    data = DataConfig(**released_test_views(m.num_classes, model.spec.width, m.num_frames))
     return model, Config(model=m, data=data).validate(), None

@@ -24,10 +24,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
-from aim_core.backbones import BackboneError
+from aim_core.backbones import BackboneError, build_model
 from aim_core.checkpoint import MODEL_FILE, load_model, read_model_file
 from aim_core.config import Config, ModelConfig
 from aim_core.inference import Inference, default_device
+from aim_core.model import count_parameters
 
 from pipelines.tracking.runs import configure, start_run
 
@@ -142,6 +143,52 @@ def register_model(checkpoint_path: str | Path, name: str, alias: str | None = "
                 signature=clip_signature(model_cfg), pip_requirements=_requirements(),
                 metadata={"format": payload["format"], "class_names": payload["class_names"]})
     version = mlflow.register_model(info.model_uri, name)
+    describe_version(version, payload, run_id=version.run_id)
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version.version)
     return version
+
+
+# ----------------------------------------------------------------------------------------------
+# What a version is, in MLflow itself (the UI's model page answers "which model is this")
+# ----------------------------------------------------------------------------------------------
+
+#: Run metrics copied onto the version as tags: tag -> run metric.
+SCORE_TAGS = {"val_top1": "final_top1", "val_mean_class_acc": "final_mean_class_acc",
+              "val_top5": "final_top5"}
+#: Run tags copied onto the version: tag -> run tag (the test protocol, the data set's digest).
+RUN_TAGS = {"test_views": "final_protocol", "dataset_digest": "dataset_digest"}
+
+
+def version_card(payload: dict[str, Any], run: Any | None) -> tuple[str, dict[str, str]]:
+    """The description and tags of a registered version: task, classes, backbone, recipe, scores."""
+    cfg = Config.from_dict(payload["config"])
+    m, o, names = cfg.model, cfg.optim, payload["class_names"] or []
+    identity = payload["backbone"]
+    backbone = f"{identity['source']}:{identity['name']}"
+    _, tunable = count_parameters(build_model(m, device="meta"))
+    variant = f"AIM ({'+'.join(m.adapter.adaptations)})" if m.variant == "aim" else m.variant
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    description = (f"{variant} video classifier of {m.num_classes} classes ({shown or 'unnamed'}), "
+                   f"{m.num_frames} frames at {m.image_size}px, on the frozen {backbone} "
+                   f"backbone (sha256 {identity.get('sha256') or 'n/a'}). Recipe: {o.epochs} "
+                   f"epochs, lr {o.lr:g}, batch {o.batch_size}, {o.schedule}; data "
+                   f"{cfg.data.format} at {cfg.data.root}.")
+    tags = {"task": "video classification", "classes": str(m.num_classes),
+            "variant": m.variant, "backbone": backbone,
+            "backbone_sha256": identity.get("sha256") or "", "tunable_params": str(tunable)}
+    if run is not None:
+        tags.update({t: f"{run.data.metrics[k]:.4f}" for t, k in SCORE_TAGS.items()
+                     if k in run.data.metrics})
+        tags.update({t: run.data.tags[k] for t, k in RUN_TAGS.items() if k in run.data.tags})
+    return description, tags
+
+
+def describe_version(version: ModelVersion, payload: dict[str, Any],
+                     run_id: str | None = None) -> None:
+    client = MlflowClient()
+    run = client.get_run(run_id) if run_id else None
+    description, tags = version_card(payload, run)
+    client.update_model_version(version.name, version.version, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(version.name, version.version, key, value)
