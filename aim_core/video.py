@@ -8,7 +8,8 @@ whichever decodes fewer frames; it stops after the last wanted frame and convert
 on the way, in swscale) only the frames it returns. The frames are exactly those of a plain
 sequential decode, B-frames, open GOPs and variable frame rates included. Every failure to read a
 file surfaces as :class:`VideoDecodeError`, so ingest can skip and report bad files instead of
-dying on them.
+dying on them. Prepared JPEG-frame archives (:mod:`aim_core.frame_archive`) read through the same
+two functions, :func:`probe_video` and :func:`decode_frames`.
 
 Frame indices are presentation order, counted from 0. The samplers are pure functions of their
 arguments and a ``numpy.random.Generator``; they follow mmaction2's ``SampleFrames`` (dense clips,
@@ -23,11 +24,14 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import IO, TYPE_CHECKING, Union
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+from .frame_archive import FrameArchive, is_frame_archive
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -153,6 +157,23 @@ def _open(source: Source) -> Iterator[tuple[InputContainer, VideoStream]]:
         container.close()
 
 
+@contextmanager
+def _open_archive(source: Source) -> Iterator[FrameArchive]:
+    """Open a JPEG-frame archive; any failure to read it becomes a VideoDecodeError naming it."""
+    name = _describe(source)
+    try:
+        archive = FrameArchive(source)
+    except Exception as exc:  # zipfile, json and torchvision raise several types
+        raise VideoDecodeError(f"{name}: not a readable frame archive ({exc})") from exc
+    with archive:
+        try:
+            yield archive
+        except VideoDecodeError:
+            raise
+        except Exception as exc:
+            raise VideoDecodeError(f"{name}: frame archive unreadable ({exc})") from exc
+
+
 def _rotation(stream: VideoStream, frame: av.VideoFrame | None) -> int:
     """Counter-clockwise degrees in {0, 90, 180, 270} that make the frames upright.
 
@@ -210,8 +231,14 @@ def probe_video(source: Source, *, keyframes: bool = False) -> VideoInfo:
     Uses the container's frame count when it has one (MP4), otherwise counts packets (MKV, WebM).
     Decodes one frame, because rotation lives in frame side data and because a file whose first
     frame does not decode is not worth sampling. ``keyframes=True`` also lists every packet to
-    fill :attr:`VideoInfo.keyframes` (a demuxing pass, no decoding).
+    fill :attr:`VideoInfo.keyframes` (a demuxing pass, no decoding). A JPEG-frame archive reports
+    what its ``frames.json`` says.
     """
+    if is_frame_archive(source):
+        with _open_archive(source) as archive:
+            a = archive.info
+            return VideoInfo(num_frames=a.num_frames, fps=a.fps, width=a.width, height=a.height,
+                             duration=a.num_frames / a.fps, rotation=0)
     name = _describe(source)
     with _open(source) as (container, stream):
         first, packets = _first_frame_and_packets(container, stream,
@@ -350,18 +377,22 @@ def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, i
 _converters = threading.local()
 
 
-def _to_rgb(frame: av.VideoFrame, short_side: int | None, rotation: int) -> np.ndarray:
-    """RGB (H, W, 3) uint8, resized by swscale in the same pass as the colour conversion.
+def _to_rgb(frame: av.VideoFrame, width: int, height: int, rotation: int) -> np.ndarray:
+    """RGB uint8 of the coded frame resized to ``width`` x ``height`` (swscale, in the same pass
+    as the colour conversion), then turned upright.
 
     One reformatter per thread keeps its swscale context from frame to frame and call to call:
-    building one costs more than converting a 340x256 frame. The short side does not change under
-    rotation, so resizing before rotating gives the same size.
+    building one costs more than converting a 340x256 frame.
     """
     if not hasattr(_converters, "reformatter"):
         _converters.reformatter = VideoReformatter()
-    width, height = scaled_size(frame.width, frame.height, short_side)
     rgb = _converters.reformatter.reformat(frame, format="rgb24", width=width, height=height)
     return rotate_upright(rgb.to_ndarray(), rotation)
+
+
+def _to_rgb_short_side(frame: av.VideoFrame, short_side: int | None, rotation: int) -> np.ndarray:
+    # The short side does not change under rotation: resizing before rotating gives the same size.
+    return _to_rgb(frame, *scaled_size(frame.width, frame.height, short_side), rotation)
 
 
 def _check_indices(indices: Sequence[int]) -> list[int]:
@@ -385,12 +416,16 @@ def decode_frames(source: Source, indices: Sequence[int], short_side: int | None
     Only what the indices need is decoded (see :func:`plan_decoding`): ``keyframes`` from an
     earlier ``probe_video(source, keyframes=True)`` saves the demuxing pass that finds them here.
     Should a seek land elsewhere than the table says, the file is decoded from the start instead.
-    ``threads`` is FFmpeg's decoder thread count (0: FFmpeg chooses).
+    ``threads`` is FFmpeg's decoder thread count (0: FFmpeg chooses). JPEG-frame archives decode
+    just the frames asked for.
     """
     wanted = _check_indices(indices)
-    picked = _decode(source, wanted, short_side, threads, keyframes)
-    if picked is None:  # no usable keyframe table, or a seek that missed: go sequentially
-        picked = _decode(source, wanted, short_side, threads, Keyframes())
+    if is_frame_archive(source):
+        picked = _read_archive(source, wanted, short_side)
+    else:
+        picked = _decode(source, wanted, short_side, threads, keyframes)
+        if picked is None:  # no usable keyframe table, or a seek that missed: go sequentially
+            picked = _decode(source, wanted, short_side, threads, Keyframes())
     assert picked is not None  # decoding from the start yields frames or raises
     return np.stack([picked[int(i)] for i in indices])
 
@@ -419,8 +454,49 @@ def _decode(source: Source, wanted: list[int], short_side: int | None, threads: 
         converted: dict[int, np.ndarray] = {}  # one conversion per distinct frame
         for index, frame in picked.items():
             if id(frame) not in converted:
-                converted[id(frame)] = _to_rgb(frame, short_side, rotation)
+                converted[id(frame)] = _to_rgb_short_side(frame, short_side, rotation)
         return {index: converted[id(frame)] for index, frame in picked.items()}
+
+
+def _read_archive(source: Source, wanted: list[int],
+                  short_side: int | None) -> dict[int, np.ndarray]:
+    """The wanted frames of a JPEG-frame archive (past the end: the last), resized if asked."""
+    with _open_archive(source) as archive:
+        last = archive.info.num_frames - 1
+        frames = {i: archive.read(min(i, last)) for i in sorted({min(i, last) for i in wanted})}
+    for i, image in frames.items():  # resized by swscale, as video frames are
+        if scaled_size(image.shape[1], image.shape[0], short_side) != image.shape[1::-1]:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frames[i] = _to_rgb_short_side(frame, short_side, 0)
+    return {i: frames[min(i, last)] for i in wanted}
+
+
+def iter_frames(source: Source, size: tuple[int, int] | None = None, threads: int = 1
+                ) -> Iterator[tuple[Fraction, np.ndarray]]:
+    """Every frame in presentation order, with its time in seconds from the first frame.
+
+    For converting whole videos (``aim_core.prepared``); sampling goes through
+    :func:`decode_frames`. Frames are upright uint8 RGB, resized to ``size`` = ``(width, height)``
+    of the upright frame when given. Times come from the timestamps (exact, variable rates
+    included), or from the frame count and average rate where a file has none.
+    """
+    with _open(source) as (container, stream):
+        _configure_threads(stream, threads)
+        rate = Fraction(stream.average_rate or stream.guessed_rate or 30)
+        time_base = Fraction(stream.time_base) if stream.time_base else None
+        start, rotation, coded = None, 0, None
+        for count, frame in enumerate(container.decode(stream)):
+            if coded is None:  # the size to give swscale, which sees the frames before rotation
+                rotation = _rotation(stream, frame)
+                coded = (frame.width, frame.height)
+                if size is not None:
+                    coded = (size[1], size[0]) if rotation % 180 else size
+            if frame.pts is None or time_base is None:
+                time = Fraction(count) / rate
+            else:
+                start = frame.pts if start is None else start
+                time = (frame.pts - start) * time_base
+            yield time, _to_rgb(frame, *coded, rotation)
 
 
 # ----------------------------------------------------------------------------------------------

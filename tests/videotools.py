@@ -56,6 +56,30 @@ def textured_index_frames(num_frames: int, height: int, width: int, seed: int = 
     return frames
 
 
+def smooth_frames(num_frames: int, height: int, width: int) -> np.ndarray:
+    """Camera-like content: drifting colour gradients and a moving bright disc, (T, H, W, 3) uint8.
+
+    Smooth enough that codecs at their usual quality keep it at 35-45 dB PSNR, while neighbouring
+    frames differ by far more than that (see ``test_prepared.py``).
+    """
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        phase = 0.3 * t
+        image = np.stack([128 + 90 * np.sin(x / 9 + phase), 128 + 90 * np.cos(y / 7 - phase),
+                          128 + 60 * np.sin((x + y) / 13 + 0.5 * phase)], axis=-1)
+        cx, cy = (5 + 2.5 * t) % width, height / 2 + height / 4 * np.sin(t / 5)
+        image[(x - cx) ** 2 + (y - cy) ** 2 < (height / 6) ** 2] = (250, 240, 200)
+        frames[t] = np.clip(image, 0, 255).astype(np.uint8)
+    return frames
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images or stacks, in dB."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
 def marker_at_top_left(frame: np.ndarray) -> bool:
     """True when the white marker is in the top-left corner and the top-right is plain grey."""
     h, w = frame.shape[:2]
