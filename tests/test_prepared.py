@@ -13,8 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from videotools import (index_frames, marker_at_top_left, psnr, read_index, sequential_frames,
-                        smooth_frames, write_video)
+from videotools import (index_frames, marker_at_top_left, picture_types, psnr, read_index,
+                        sequential_frames, smooth_frames, textured_index_frames, write_video)
 
 from aim_core.config import ConfigError
 from aim_core.prepared import StorageFormat, prepare_video, prepared_size, resample
@@ -75,6 +75,10 @@ def test_h264_has_a_keyframe_every_gop_and_reports_them(tmp_path: Path) -> None:
     video = prepare_video(index_frames(40, 48, 64), tmp_path / "v.mp4", fmt, source_fps=30)
     assert video.keyframes is not None
     assert video.keyframes.indices == tuple(range(0, 40, 6))
+    assert picture_types(video.path) == {"I", "P"}  # no B-frames unless asked for
+    with_b = prepare_video(textured_index_frames(40, 48, 64), tmp_path / "b.mp4",
+                           StorageFormat(short_side=48, gop=20, bframes=3), source_fps=30)
+    assert picture_types(with_b.path) == {"I", "P", "B"}
     indices = [3, 13, 20, 39]
     reference = sequential_frames(video.path)
     assert np.array_equal(decode_frames(video.path, indices, keyframes=video.keyframes),
@@ -233,6 +237,8 @@ def test_a_uri_destination_is_uploaded_whole(tmp_path: Path) -> None:
     ("short_side", 255, "prepare.short_side: expected an even integer >= 2, got 255"),
     ("fps", 0, "prepare.fps: expected a number in (0, 240], got 0"),
     ("gop", 0, "prepare.gop: expected a positive integer, got 0"),
+    ("bframes", -1, "prepare.bframes: expected an integer in [0, 16], got -1"),
+    ("fast_decode", "yes", "prepare.fast_decode: expected true or false, got 'yes'"),
     ("crf", 60, "prepare.crf: expected an integer in [0, 51], got 60"),
     ("preset", "quick", "prepare.preset: expected one of"),
     ("jpeg_quality", 101, "prepare.jpeg_quality: expected an integer in [1, 100], got 101"),
