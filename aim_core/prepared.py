@@ -11,14 +11,13 @@ clip decodes far more frames than it returns. A prepared copy fixes both (so the
 - ``jpeg``: a JPEG-frame archive (:mod:`aim_core.frame_archive`), where a frame costs one JPEG.
 
 Both read back through :func:`aim_core.video.decode_frames` and :func:`~aim_core.video.probe_video`
-like any video. ``benchmarks/decode.py`` measures cost per clip against bytes per video; the
-default comes from its figures (10 s, 340x256 Kinetics-like videos, one 8x16 training clip):
-H.264 with a keyframe every 4 frames, no B-frames and x264's ``fastdecode`` tune decodes a clip in
-about a quarter of the raw file's CPU (14.6 against 62.5 ms) at 9x its bytes (2.4 MB), keeping
-37 dB of the raw frames. B-frames would cost 40% more CPU (after a seek the decoder must run on to
-the next anchor before it can show a wanted frame), CABAC and deblocking twice the CPU for 17%
-fewer bytes. JPEG frames at quality 90 cost about 30% less CPU again, at 3.5x the bytes: the
-choice where CPUs are scarcer than storage.
+like any video. The default (H.264, a keyframe every 2 frames, no B-frames, x264's ``fastdecode``
+tune, crf 18) is the smallest form that ``benchmarks/decode.py`` measured within the budget of
+20 ms of CPU per 8x16 clip for decoding plus augmentation, with room to spare: 10 ms against the
+raw file's 50, at 15x its bytes, keeping 36 dB of the raw frames. Sparser keyframes trade CPU for
+bytes (GOP 4: 12 ms at 0.6x the bytes); B-frames cost 40% more CPU after a seek (the decoder runs
+on to the next anchor before it can show a wanted frame), CABAC and deblocking twice as much;
+all-intra and JPEG frames save another 2 ms, at 5 dB less or at twice the bytes.
 
 The rate is changed by frame selection, not interpolation: prepared frame ``j`` is the source
 frame on screen at time ``j / fps`` (the last one shown at or before it, by the source's own
@@ -56,7 +55,7 @@ class StorageFormat:
     codec: str = "h264"        # h264 | jpeg
     short_side: int = 256      # pixels; even, as H.264's 4:2:0 chroma needs
     fps: float = 30.0          # frames per second of every prepared video
-    gop: int = 4               # h264: a keyframe every this many frames (1: all-intra)
+    gop: int = 2               # h264: a keyframe every this many frames (1: all-intra)
     bframes: int = 0           # h264: after a seek, B-frames make the decoder run past the frame
     fast_decode: bool = True   # h264: x264's tune=fastdecode (CAVLC, no deblocking)
     crf: int = 18              # h264: x264's constant rate factor (18: visually lossless)
@@ -93,7 +92,7 @@ class StorageFormat:
 
     @property
     def rate(self) -> Fraction:
-        """``fps`` as an exact fraction (30000/1001 for 29.97)."""
+        """``fps`` as a fraction of denominator at most 1001 (29.97003 gives NTSC's 30000/1001)."""
         return Fraction(self.fps).limit_denominator(1001)
 
 

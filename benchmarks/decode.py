@@ -53,19 +53,19 @@ NUM_FRAMES = 300   # 10 s at 30 fps
 CLIP_LEN, INTERVAL = 8, 16
 IMAGE_SIZE = 224
 TARGET_CLIPS_PER_S = 400
-DEFAULT = StorageFormat()  # gop 4, no B-frames, tune fastdecode, crf 18, at the raw short side/rate
-PREPARED = {  # name: storage form, each a change of one setting from the default but the last
+DEFAULT = StorageFormat()  # gop 2, no B-frames, tune fastdecode, crf 18, at the raw short side/rate
+PREPARED = {  # name: storage form; the H.264 ones differ from the default in what the name says
     "h264 gop 16": replace(DEFAULT, gop=16),
     "h264 gop 8": replace(DEFAULT, gop=8),
-    "h264 gop 4": DEFAULT,
-    "h264 gop 2": replace(DEFAULT, gop=2),
+    "h264 gop 4": replace(DEFAULT, gop=4),
+    "h264 gop 2": DEFAULT,
     "h264 all-intra": replace(DEFAULT, gop=1),
-    "h264 gop 4, 3 B-frames": replace(DEFAULT, bframes=3),
-    "h264 gop 4, CABAC+deblock": replace(DEFAULT, fast_decode=False),
+    "h264 gop 4, 3 B-frames": replace(DEFAULT, gop=4, bframes=3),
+    "h264 gop 4, CABAC+deblock": replace(DEFAULT, gop=4, fast_decode=False),
     "jpeg q75 zip": StorageFormat(codec="jpeg", jpeg_quality=75),
     "jpeg q90 zip": StorageFormat(codec="jpeg", jpeg_quality=90),
 }
-SCANNED = "h264 gop 4"  # also read with its keyframes found per clip, as without a manifest
+SCANNED = "h264 gop 2"  # also read with its keyframes found per clip, as without a manifest
 
 
 @dataclass
