@@ -349,7 +349,8 @@ def _run_plan(container: InputContainer, stream: VideoStream, plan: Plan,
                 container.seek(keyframes.pts[k], backward=True, any_frame=False, stream=stream)
             except av.FFmpegError:
                 raise _MissedKeyframe from None
-            frames, index = _frames_from(container, stream, keyframes.pts[k]), keyframes.indices[k] - 1
+            frames = _frames_from(container, stream, keyframes.pts[k])
+            index = keyframes.indices[k] - 1
         elif frames is None:
             frames = _frames_from(container, stream, None)
         for wanted in run:
