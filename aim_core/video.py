@@ -1,10 +1,15 @@
 """Video decoding (PyAV) and the frame-index samplers of the AIM recipes.
 
-Decoding is the cost centre of video training, so :func:`decode_frames` does only what the
-sampled indices need: it seeks to the keyframe before the first wanted frame when that is far from
-the start, stops right after the last wanted frame, and converts to RGB (resizing on the way, in
-swscale) only the frames that are returned. Every failure to read a file surfaces as
-:class:`VideoDecodeError`, so ingest can skip and report bad files instead of dying on them.
+Decoding is the cost centre of video training, so :func:`decode_frames` decodes only around the
+sampled frames. It knows where the keyframes are (from one demuxing pass over the packets, which
+decodes nothing, or from the caller, who can keep them from ingest's scan) and reaches each wanted
+frame either by decoding on from the previous one or by seeking to the last keyframe before it,
+whichever decodes fewer frames; it stops after the last wanted frame and converts to RGB (resizing
+on the way, in swscale) only the frames it returns. The frames are exactly those of a plain
+sequential decode, B-frames, open GOPs and variable frame rates included. Every failure to read a
+file surfaces as :class:`VideoDecodeError`, so ingest can skip and report bad files instead of
+dying on them. Prepared JPEG-frame archives (:mod:`aim_core.frame_archive`) read through the same
+two functions, :func:`probe_video` and :func:`decode_frames`.
 
 Frame indices are presentation order, counted from 0. The samplers are pure functions of their
 arguments and a ``numpy.random.Generator``; they follow mmaction2's ``SampleFrames`` as the released
@@ -15,6 +20,8 @@ TSN-style segments as an alternative.
 from __future__ import annotations
 
 import os
+import threading
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +30,9 @@ from typing import IO, TYPE_CHECKING, Union
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from .frame_archive import FrameArchive, is_frame_archive
 
 if TYPE_CHECKING:
     from av.container import InputContainer
@@ -32,7 +42,11 @@ if TYPE_CHECKING:
 
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
 
-# Below this frame index decoding from the start is about as cheap as a seek plus decoder flush.
+# What a seek costs, in decoded frames: the decoder's flush and restart, and the frames it decodes
+# past the target before it can return it (benchmarks/decode.py measures it: about one frame).
+SEEK_COST_FRAMES = 2
+# When every wanted frame is below this index, decoding from the start is cheaper than demuxing
+# the whole file to find its keyframes.
 SEEK_MIN_FRAMES = 16
 
 
@@ -66,6 +80,30 @@ def open_video_source(path: str) -> Iterator[str | IO[bytes]]:
         yield source
 
 
+@dataclass(frozen=True)
+class Keyframes:
+    """Where decoding can start: each keyframe's presentation index and packet pts, ascending.
+
+    A keyframe's index is the rank of its pts among all the stream's packets, which stays right
+    with B-frames, with open GOPs (whose leading pictures follow the keyframe in decode order but
+    are shown before it) and with variable frame rates. Learning them demuxes every packet once and
+    decodes nothing (``probe_video(source, keyframes=True)``; about 1 ms for 10 s of 340x256
+    H.264, against 0.2-1 ms to decode one frame). Ingest can keep them per video and pass them to
+    every later :func:`decode_frames` call. Empty: decode from the start (packets without pts).
+    """
+
+    indices: tuple[int, ...] = ()
+    pts: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:  # accept lists and numpy arrays, e.g. from a Ray Data row
+        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        object.__setattr__(self, "pts", tuple(int(p) for p in self.pts))
+        if len(self.indices) != len(self.pts):
+            raise ValueError(f"keyframes: {len(self.indices)} indices but {len(self.pts)} pts")
+        if list(self.indices) != sorted(set(self.indices)):
+            raise ValueError("keyframes: indices must be strictly increasing")
+
+
 @dataclass
 class VideoInfo:
     """What :func:`probe_video` learns about a file's first video stream.
@@ -73,6 +111,7 @@ class VideoInfo:
     ``width`` and ``height`` are those of the upright frames :func:`decode_frames` returns (the
     coded size, swapped for a 90/270 degree rotation). ``rotation`` is the counter-clockwise angle
     (0, 90, 180 or 270) applied to coded frames to show them upright, as the display matrix says.
+    ``keyframes`` is filled when asked for.
     """
 
     num_frames: int
@@ -81,6 +120,7 @@ class VideoInfo:
     height: int
     duration: float
     rotation: int
+    keyframes: Keyframes | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,6 +158,23 @@ def _open(source: Source) -> Iterator[tuple[InputContainer, VideoStream]]:
         container.close()
 
 
+@contextmanager
+def _open_archive(source: Source) -> Iterator[FrameArchive]:
+    """Open a JPEG-frame archive; any failure to read it becomes a VideoDecodeError naming it."""
+    name = _describe(source)
+    try:
+        archive = FrameArchive(source)
+    except Exception as exc:  # zipfile, json and torchvision raise several types
+        raise VideoDecodeError(f"{name}: not a readable frame archive ({exc})") from exc
+    with archive:
+        try:
+            yield archive
+        except VideoDecodeError:
+            raise
+        except Exception as exc:
+            raise VideoDecodeError(f"{name}: frame archive unreadable ({exc})") from exc
+
+
 def _rotation(stream: VideoStream, frame: av.VideoFrame | None) -> int:
     """Counter-clockwise degrees in {0, 90, 180, 270} that make the frames upright.
 
@@ -139,37 +196,55 @@ def rotate_upright(image: np.ndarray, rotation: int) -> np.ndarray:
     return np.rot90(image, k=(rotation // 90) % 4) if rotation % 360 else image
 
 
-def _first_frame_and_count(container: InputContainer,
-                           stream: VideoStream,
-                           count: bool) -> tuple[av.VideoFrame | None, int]:
-    """Decode just the first frame (for its rotation side data) and, if asked, count packets.
+def _first_frame_and_packets(container: InputContainer, stream: VideoStream, scan: bool
+                             ) -> tuple[av.VideoFrame | None, list[tuple[int | None, bool]]]:
+    """Decode just the first frame (for its rotation side data) and, if asked, list every packet's
+    ``(pts, is_keyframe)``.
 
-    Counting demuxes without decoding: one packet per frame for the codecs we meet, and cheap.
+    Listing demuxes without decoding: one packet per frame for the codecs we meet, and cheap.
     The final empty packet flushes the decoder, so a file with a single frame still yields it.
     """
-    first, packets = None, 0
+    first, packets = None, []
     for packet in container.demux(stream):
         if packet.size:
-            packets += 1
+            packets.append((packet.pts, packet.is_keyframe))
         if first is None:
             frames = packet.decode()
             first = frames[0] if frames else None
-        if first is not None and not count:
+        if first is not None and not scan:
             break
     return first, packets
 
 
-def probe_video(source: Source) -> VideoInfo:
+def _keyframes_of(packets: list[tuple[int | None, bool]]) -> Keyframes:
+    """Presentation index and pts of each keyframe among ``packets``; empty without usable pts."""
+    times = [pts for pts, _ in packets]
+    if None in times or len(set(times)) != len(times):
+        return Keyframes()
+    rank = {pts: i for i, pts in enumerate(sorted(times))}
+    keys = sorted((rank[pts], pts) for pts, key in packets if key)
+    return Keyframes(tuple(i for i, _ in keys), tuple(p for _, p in keys))
+
+
+def probe_video(source: Source, *, keyframes: bool = False) -> VideoInfo:
     """Frame count, rate, upright size, duration and rotation of the first video stream.
 
     Uses the container's frame count when it has one (MP4), otherwise counts packets (MKV, WebM).
     Decodes one frame, because rotation lives in frame side data and because a file whose first
-    frame does not decode is not worth sampling.
+    frame does not decode is not worth sampling. ``keyframes=True`` also lists every packet to
+    fill :attr:`VideoInfo.keyframes` (a demuxing pass, no decoding). A JPEG-frame archive reports
+    what its ``frames.json`` says.
     """
+    if is_frame_archive(source):
+        with _open_archive(source) as archive:
+            a = archive.info
+            return VideoInfo(num_frames=a.num_frames, fps=a.fps, width=a.width, height=a.height,
+                             duration=a.num_frames / a.fps, rotation=0)
     name = _describe(source)
     with _open(source) as (container, stream):
-        first, packets = _first_frame_and_count(container, stream, count=not stream.frames)
-        num_frames = stream.frames or packets
+        first, packets = _first_frame_and_packets(container, stream,
+                                                  scan=keyframes or not stream.frames)
+        num_frames = len(packets) if keyframes else stream.frames or len(packets)
         if first is None or num_frames <= 0:
             raise VideoDecodeError(f"{name}: no decodable video frames")
         rotation = _rotation(stream, first)
@@ -185,7 +260,8 @@ def probe_video(source: Source) -> VideoInfo:
         if rotation in (90, 270):
             width, height = height, width
         return VideoInfo(num_frames=num_frames, fps=fps, width=width, height=height,
-                         duration=duration or (num_frames / fps if fps else 0.0), rotation=rotation)
+                         duration=duration or (num_frames / fps if fps else 0.0), rotation=rotation,
+                         keyframes=_keyframes_of(packets) if keyframes else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,92 +274,100 @@ def _configure_threads(stream: VideoStream, threads: int) -> None:
     stream.codec_context.thread_count = max(int(threads), 0)
 
 
-def _constant_rate(stream: VideoStream) -> Fraction | None:
-    """The frame rate when timestamps can be trusted to map to indices, else None.
+Plan = list[tuple[Union[int, None], list[int]]]
 
-    FFmpeg's average rate equals its base (least common) rate for constant-frame-rate files; when
-    they differ the file is variable-rate, and indices are counted in decode order instead.
+
+def plan_decoding(wanted: Sequence[int], keyframes: Sequence[int], *,
+                  at_start: bool = True) -> Plan | None:
+    """Split sorted, unique ``wanted`` indices into runs that each begin with a seek or not.
+
+    Each run is ``(k, indices)``: seek to keyframe ``keyframes[k]`` and decode on through
+    ``indices``, or with ``k`` None decode on from where the previous run stopped (the file's start
+    for the first run, when ``at_start``). A wanted frame starts a run when seeking to the last
+    keyframe before it decodes fewer frames, counting :data:`SEEK_COST_FRAMES` for the seek, than
+    decoding on does. Choosing frame by frame is optimal: the decoder ends at the same frame either
+    way. None when the first frame cannot be reached (not ``at_start`` and no keyframe before it).
     """
-    avg, base = stream.average_rate, stream.base_rate
-    if avg and base and avg == base and stream.time_base:
-        return Fraction(avg)
-    return None
-
-
-def _counted(frames: Iterator[av.VideoFrame]) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Decoders emit frames in presentation order, so counting them gives presentation indices."""
-    return enumerate(frames)
-
-
-def _timestamped(first: av.VideoFrame, first_index: int, frames: Iterator[av.VideoFrame],
-                 start_pts: int, time_base: Fraction, fps: Fraction
-                 ) -> Iterator[tuple[int, av.VideoFrame]]:
-    """After a seek, derive indices from timestamps: index = (pts - start) * time_base * fps."""
-    yield first_index, first
-    index = first_index
-    for frame in frames:
-        if frame.pts is None:
-            index += 1
+    runs: Plan = []
+    next_index = 0 if at_start else None  # the frame the decoder returns next, if it goes on
+    for index in wanted:
+        k = bisect_right(keyframes, index) - 1
+        on = index - next_index + 1 if next_index is not None else None
+        seek = index - keyframes[k] + 1 + SEEK_COST_FRAMES if k >= 0 else None
+        if seek is not None and (on is None or seek < on):
+            runs.append((k, [index]))
+        elif on is None:
+            return None
+        elif runs:
+            runs[-1][1].append(index)
         else:
-            index = round((frame.pts - start_pts) * time_base * fps)
-        yield index, frame
+            runs.append((None, [index]))
+        next_index = index + 1
+    return runs
 
 
-def _seek(container: InputContainer, stream: VideoStream,
-          target: int) -> Iterator[tuple[int, av.VideoFrame]] | None:
-    """Seek to the keyframe at or before frame ``target`` and index frames from there.
+class _MissedKeyframe(Exception):
+    """A seek did not reach the keyframe the table names (a stale table, an odd demuxer)."""
 
-    Returns None when the landing cannot be trusted (no timestamps, off the frame grid, or past the
-    target), in which case the caller decodes from the start instead.
+
+def _frames_from(container: InputContainer, stream: VideoStream,
+                 key_pts: int | None) -> Iterator[av.VideoFrame]:
+    """Decoded frames in presentation order from the demuxer's position.
+
+    After a seek to the keyframe with pts ``key_pts``, packets before its own are skipped undecoded
+    (the demuxer may land on an earlier keyframe), and frames shown before it are dropped: an open
+    GOP's leading pictures, whose references were never decoded. The first frame returned is then
+    the keyframe itself, or :class:`_MissedKeyframe` is raised.
     """
-    fps = _constant_rate(stream)
-    if fps is None:
-        return None
-    time_base = Fraction(stream.time_base)
-    start_pts = stream.start_time or 0
-    try:
-        container.seek(start_pts + int(target / (fps * time_base)), backward=True, any_frame=False,
-                       stream=stream)
-        frames = container.decode(stream)
-        first = next(frames, None)
-    except av.FFmpegError:
-        return None
-    if first is None or first.pts is None:
-        return None
-    position = (first.pts - start_pts) * time_base * fps
-    index = round(position)
-    if abs(position - index) > 0.25 or not 0 <= index <= target:
-        return None
-    return _timestamped(first, index, frames, start_pts, time_base, fps)
+    found, first = key_pts is None, key_pts is not None
+    for packet in container.demux(stream):
+        if not found:
+            if packet.is_keyframe and packet.pts == key_pts:
+                found = True
+            elif packet.size == 0 or (packet.is_keyframe and (packet.pts or 0) > key_pts):
+                raise _MissedKeyframe
+            else:
+                continue
+        for frame in packet.decode():
+            if first:
+                if frame.pts is not None and frame.pts < key_pts:
+                    continue
+                if frame.pts != key_pts:
+                    raise _MissedKeyframe
+                first = False
+            yield frame
 
 
-def _pick(frames: Iterator[tuple[int, av.VideoFrame]], wanted: list[int]
-          ) -> dict[int, av.VideoFrame]:
-    """Map each wanted index (sorted, unique) to the frame on screen at that index.
-
-    That is the frame with the index itself, or the last one before it when timestamps skip it,
-    or the last frame of the file for indices past the end. Stops as soon as all are found.
-    """
+def _run_plan(container: InputContainer, stream: VideoStream, plan: Plan,
+              keyframes: Keyframes) -> dict[int, av.VideoFrame]:
+    """Decode what ``plan`` says; each wanted index maps to its frame (past the end: the last)."""
     picked: dict[int, av.VideoFrame] = {}
-    pos, last = 0, None
-    for index, frame in frames:
-        while pos < len(wanted) and wanted[pos] < index:
-            picked[wanted[pos]] = last if last is not None else frame
-            pos += 1
-        while pos < len(wanted) and wanted[pos] == index:
-            picked[index] = frame
-            pos += 1
-        last = frame
-        if pos == len(wanted):
-            break
-    if last is None:
-        raise VideoDecodeError("no decodable video frames")
-    for index in wanted[pos:]:
-        picked[index] = last
+    frames: Iterator[av.VideoFrame] | None = None
+    index, last = -1, None  # index of `last`, the latest frame decoded
+    for k, run in plan:
+        if k is not None:
+            try:
+                container.seek(keyframes.pts[k], backward=True, any_frame=False, stream=stream)
+            except av.FFmpegError:
+                raise _MissedKeyframe from None
+            frames = _frames_from(container, stream, keyframes.pts[k])
+            index = keyframes.indices[k] - 1
+        elif frames is None:
+            frames = _frames_from(container, stream, None)
+        for wanted in run:
+            while index < wanted:
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                index, last = index + 1, frame
+            if last is None:
+                raise VideoDecodeError("no decodable video frames")
+            picked[wanted] = last
     return picked
 
 
-def _output_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """``(width, height)`` resized so the shorter side is ``short_side``, keeping the aspect."""
     if short_side is None:
         return width, height
     scale = short_side / min(width, height)
@@ -292,14 +376,25 @@ def _output_size(width: int, height: int, short_side: int | None) -> tuple[int, 
     return max(1, round(width * scale)), short_side
 
 
-def _to_rgb(frame: av.VideoFrame, short_side: int | None, rotation: int) -> np.ndarray:
-    """RGB (H, W, 3) uint8, resized by swscale in the same pass as the colour conversion.
+_converters = threading.local()
 
-    The short side does not change under rotation, so resizing before rotating gives the same size.
+
+def _to_rgb(frame: av.VideoFrame, width: int, height: int, rotation: int) -> np.ndarray:
+    """RGB uint8 of the coded frame resized to ``width`` x ``height`` (swscale, in the same pass
+    as the colour conversion), then turned upright.
+
+    One reformatter per thread keeps its swscale context from frame to frame and call to call:
+    building one costs more than converting a 340x256 frame.
     """
-    width, height = _output_size(frame.width, frame.height, short_side)
-    rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
-    return rotate_upright(rgb, rotation)
+    if not hasattr(_converters, "reformatter"):
+        _converters.reformatter = VideoReformatter()
+    rgb = _converters.reformatter.reformat(frame, format="rgb24", width=width, height=height)
+    return rotate_upright(rgb.to_ndarray(), rotation)
+
+
+def _to_rgb_short_side(frame: av.VideoFrame, short_side: int | None, rotation: int) -> np.ndarray:
+    # The short side does not change under rotation: resizing before rotating gives the same size.
+    return _to_rgb(frame, *scaled_size(frame.width, frame.height, short_side), rotation)
 
 
 def _check_indices(indices: Sequence[int]) -> list[int]:
@@ -312,7 +407,7 @@ def _check_indices(indices: Sequence[int]) -> list[int]:
 
 
 def decode_frames(source: Source, indices: Sequence[int], short_side: int | None = None,
-                  threads: int = 1) -> np.ndarray:
+                  threads: int = 1, keyframes: Keyframes | None = None) -> np.ndarray:
     """Decode the frames at ``indices`` as uint8 RGB ``(T, H, W, 3)``, in the order given.
 
     Indices are presentation-order positions from 0 and may repeat or be unsorted. Rule for short
@@ -320,43 +415,90 @@ def decode_frames(source: Source, indices: Sequence[int], short_side: int | None
     this is the safety net). Frames come out upright (the display rotation is applied) and, with
     ``short_side``, resized so their shorter side has that length, keeping the aspect ratio.
 
-    Only the needed span is decoded: a seek to the keyframe before the first wanted frame when it is
-    at least ``SEEK_MIN_FRAMES`` in (constant-frame-rate files only; variable-rate files are decoded
-    from the start and frames counted), and a stop right after the last wanted frame. ``threads`` is
-    FFmpeg's decoder thread count (0: FFmpeg chooses).
+    Only what the indices need is decoded (see :func:`plan_decoding`): ``keyframes`` from an
+    earlier ``probe_video(source, keyframes=True)`` saves the demuxing pass that finds them here.
+    Should a seek land elsewhere than the table says, the file is decoded from the start instead.
+    ``threads`` is FFmpeg's decoder thread count (0: FFmpeg chooses). JPEG-frame archives decode
+    just the frames asked for.
     """
     wanted = _check_indices(indices)
-    picked = None
-    if wanted[0] >= SEEK_MIN_FRAMES:
-        picked = _decode(source, wanted, short_side, threads, seek=True)
-    if picked is None:  # no seek, or an untrustworthy landing: decode from the start
-        picked = _decode(source, wanted, short_side, threads, seek=False)
+    if is_frame_archive(source):
+        picked = _read_archive(source, wanted, short_side)
+    else:
+        picked = _decode(source, wanted, short_side, threads, keyframes)
+        if picked is None:  # no usable keyframe table, or a seek that missed: go sequentially
+            picked = _decode(source, wanted, short_side, threads, Keyframes())
     assert picked is not None  # decoding from the start yields frames or raises
     return np.stack([picked[int(i)] for i in indices])
 
 
 def _decode(source: Source, wanted: list[int], short_side: int | None, threads: int,
-            seek: bool) -> dict[int, np.ndarray] | None:
-    """One decoding pass; None when ``seek`` was asked for but could not be trusted."""
+            keyframes: Keyframes | None) -> dict[int, np.ndarray] | None:
+    """One decoding pass (scanning for keyframes first when none are given and it may pay);
+    None when the plan needs seeks the file does not support."""
     name = _describe(source)
     with _open(source) as (container, stream):
         _configure_threads(stream, threads)
-        if seek:
-            frames = _seek(container, stream, wanted[0])
-            if frames is None:
-                return None
-        else:
-            frames = _counted(container.decode(stream))
+        scanned = keyframes is None and wanted[-1] >= SEEK_MIN_FRAMES
+        if scanned:  # demux only: the decoder starts after the first seek
+            keyframes = _keyframes_of([(p.pts, p.is_keyframe)
+                                       for p in container.demux(stream) if p.size])
+        plan = plan_decoding(wanted, (keyframes or Keyframes()).indices, at_start=not scanned)
+        if plan is None:
+            return None
         try:
-            picked = _pick(frames, wanted)
+            picked = _run_plan(container, stream, plan, keyframes or Keyframes())
+        except _MissedKeyframe:
+            return None
         except VideoDecodeError as exc:
             raise VideoDecodeError(f"{name}: {exc}") from None
         rotation = _rotation(stream, next(iter(picked.values())))
         converted: dict[int, np.ndarray] = {}  # one conversion per distinct frame
         for index, frame in picked.items():
             if id(frame) not in converted:
-                converted[id(frame)] = _to_rgb(frame, short_side, rotation)
+                converted[id(frame)] = _to_rgb_short_side(frame, short_side, rotation)
         return {index: converted[id(frame)] for index, frame in picked.items()}
+
+
+def _read_archive(source: Source, wanted: list[int],
+                  short_side: int | None) -> dict[int, np.ndarray]:
+    """The wanted frames of a JPEG-frame archive (past the end: the last), resized if asked."""
+    with _open_archive(source) as archive:
+        last = archive.info.num_frames - 1
+        frames = {i: archive.read(min(i, last)) for i in sorted({min(i, last) for i in wanted})}
+    for i, image in frames.items():  # resized by swscale, as video frames are
+        if scaled_size(image.shape[1], image.shape[0], short_side) != image.shape[1::-1]:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frames[i] = _to_rgb_short_side(frame, short_side, 0)
+    return {i: frames[min(i, last)] for i in wanted}
+
+
+def iter_frames(source: Source, size: tuple[int, int] | None = None, threads: int = 1
+                ) -> Iterator[tuple[Fraction, np.ndarray]]:
+    """Every frame in presentation order, with its time in seconds from the first frame.
+
+    For converting whole videos (``aim_core.prepared``); sampling goes through
+    :func:`decode_frames`. Frames are upright uint8 RGB, resized to ``size`` = ``(width, height)``
+    of the upright frame when given. Times come from the timestamps (exact, variable rates
+    included), or from the frame count and average rate where a file has none.
+    """
+    with _open(source) as (container, stream):
+        _configure_threads(stream, threads)
+        rate = Fraction(stream.average_rate or stream.guessed_rate or 30)
+        time_base = Fraction(stream.time_base) if stream.time_base else None
+        start, rotation, coded = None, 0, None
+        for count, frame in enumerate(container.decode(stream)):
+            if coded is None:  # the size to give swscale, which sees the frames before rotation
+                rotation = _rotation(stream, frame)
+                coded = (frame.width, frame.height)
+                if size is not None:
+                    coded = (size[1], size[0]) if rotation % 180 else size
+            if frame.pts is None or time_base is None:
+                time = Fraction(count) / rate
+            else:
+                start = frame.pts if start is None else start
+                time = (frame.pts - start) * time_base
+            yield time, _to_rgb(frame, *coded, rotation)
 
 
 # ----------------------------------------------------------------------------------------------

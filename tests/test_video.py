@@ -8,12 +8,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from videotools import (index_frames, keyframe_indices, marker_at_top_left, read_index,
-                        write_audio_only, write_video)
+from videotools import (index_frames, keyframe_indices, leading_pictures, marker_at_top_left,
+                        packets, picture_types, read_index, sequential_frames,
+                        textured_index_frames, write_audio_only, write_video)
 
 from aim_core.config import DataConfig
-from aim_core.video import (VideoDecodeError, clip_indices, decode_frames, dense_indices,
-                            probe_video, rotate_upright, tsn_uniform_indices, uniform_indices)
+from aim_core.video import (SEEK_COST_FRAMES, Keyframes, VideoDecodeError, clip_indices,
+                            decode_frames, dense_indices, plan_decoding, probe_video,
+                            rotate_upright, tsn_uniform_indices, uniform_indices)
 
 
 def indices_of(frames: np.ndarray) -> list[int]:
@@ -92,6 +94,140 @@ def test_variable_frame_rate_indices_count_frames_in_presentation_order(tmp_path
     wanted = [0, 1, 2, 3, 20, 39]
     assert indices_of(decode_frames(path, wanted)) == wanted
     assert probe_video(path).num_frames == 40
+
+
+# ----------------------------------------------------------------------------------------------
+# decode_frames: seek-aware decoding returns exactly the frames of a sequential decode
+# ----------------------------------------------------------------------------------------------
+
+CODED = {  # 200 frames: room for a dense 8x16 clip (span 128) anywhere in the first 72
+    "bframes_gop8": dict(gop=8),
+    "bframes_gop64": dict(gop=64),
+    "x264_default_gop250": dict(gop=250),
+    "all_intra": dict(gop=1),
+    "open_gop12": dict(gop=12, x264_params="open-gop=1"),
+    "open_gop12_mkv": dict(gop=12, x264_params="open-gop=1", suffix=".mkv"),
+    "vfr_gop8": dict(gop=8, pts_steps=[6, 6, 15]),
+    "vfr_open_gop10_mkv": dict(gop=10, pts_steps=[6, 3, 15, 6], x264_params="open-gop=1",
+                               suffix=".mkv"),
+}
+NUM_FRAMES = 200
+
+
+@pytest.fixture(scope="module")
+def coded_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same textured index frames under each coding of :data:`CODED` (H.264, 3 B-frames)."""
+    folder = tmp_path_factory.mktemp("coded")
+    frames = textured_index_frames(NUM_FRAMES, 48, 64)
+    videos = {}
+    for name, options in CODED.items():
+        options = dict(options)
+        path = folder / f"{name}{options.pop('suffix', '.mp4')}"
+        videos[name] = write_video(path, frames, **options)
+    return videos
+
+
+def _index_sets(kind: str) -> list[list[int]]:
+    rng = np.random.default_rng(7)
+    if kind == "dense_train":  # Kinetics 8x16 training clips
+        return [dense_indices(NUM_FRAMES, 8, 16, train=True, rng=rng)[0] for _ in range(6)]
+    if kind == "dense_test":   # three 8x16 test views in one call, as evaluation decodes them
+        return [[i for clip in dense_indices(NUM_FRAMES, 8, 16, train=False, num_clips=3)
+                 for i in clip]]
+    if kind == "uniform":      # SSv2-style segments, train and test
+        return ([uniform_indices(NUM_FRAMES, 8, train=True, rng=rng) for _ in range(4)]
+                + [uniform_indices(NUM_FRAMES, 16, train=False)])
+    return [[199, 5, 250, 5, 100], [17], [60, 61, 62], list(range(0, NUM_FRAMES, 3))]
+
+
+def test_the_coded_files_have_the_structure_they_claim(coded_videos: dict[str, Path]) -> None:
+    for name, path in coded_videos.items():
+        types = picture_types(path)
+        assert types == ({"I"} if name == "all_intra" else {"I", "P", "B"}), name
+        assert (leading_pictures(path) > 0) == ("open_gop" in name), name
+        gop = CODED[name]["gop"]
+        assert keyframe_indices(path) == list(range(0, NUM_FRAMES, gop)), name
+        assert [read_index(f) for f in sequential_frames(path)] == list(range(NUM_FRAMES))
+    assert probe_video(coded_videos["vfr_gop8"]).fps != pytest.approx(30.0)
+
+
+@pytest.mark.parametrize("kind", ["dense_train", "dense_test", "uniform", "odd"])
+@pytest.mark.parametrize("name", list(CODED))
+def test_seek_aware_decoding_returns_the_frames_of_a_sequential_decode(
+        coded_videos: dict[str, Path], name: str, kind: str) -> None:
+    path = coded_videos[name]
+    reference = sequential_frames(path)
+    keyframes = probe_video(path, keyframes=True).keyframes
+    for indices in _index_sets(kind):
+        expected = np.stack([reference[min(i, NUM_FRAMES - 1)] for i in indices])
+        # pixel-exact, whether the keyframes are found here or were kept from a scan
+        assert np.array_equal(decode_frames(path, indices), expected), indices
+        assert np.array_equal(decode_frames(path, indices, keyframes=keyframes), expected)
+
+
+def test_seek_aware_decoding_with_decoder_threads(coded_videos: dict[str, Path]) -> None:
+    path = coded_videos["open_gop12"]
+    reference = sequential_frames(path)
+    (indices,) = _index_sets("dense_test")
+    assert np.array_equal(decode_frames(path, indices, threads=2),
+                          np.stack([reference[i] for i in indices]))
+
+
+def test_probe_finds_keyframes_by_presentation_index(coded_videos: dict[str, Path]) -> None:
+    for name, path in coded_videos.items():
+        keyframes = probe_video(path, keyframes=True).keyframes
+        assert list(keyframes.indices) == keyframe_indices(path), name
+    # In an open GOP a keyframe's leading pictures come after it in decode order, so its
+    # presentation index is not its position among the packets: the table must not confuse them.
+    path = coded_videos["open_gop12"]
+    positions = [i for i, (_, key) in enumerate(packets(path)) if key]
+    assert positions != list(probe_video(path, keyframes=True).keyframes.indices)
+    assert probe_video(path).keyframes is None  # only when asked: it reads the whole file
+
+
+def test_a_stale_keyframe_table_falls_back_to_a_sequential_decode(
+        coded_videos: dict[str, Path]) -> None:
+    path = coded_videos["bframes_gop8"]
+    wrong = Keyframes(indices=(0, 80, 150), pts=(0, 123, 4567))  # no packet has these pts
+    indices = [150, 160, 170]
+    assert [read_index(f) for f in decode_frames(path, indices, keyframes=wrong)] == indices
+
+
+def test_keyframes_accept_arrays_and_refuse_inconsistent_tables() -> None:
+    table = Keyframes(indices=np.array([0, 8]), pts=[0, 4096])
+    assert table.indices == (0, 8) and table.pts == (0, 4096)
+    with pytest.raises(ValueError, match="indices"):
+        Keyframes(indices=(0, 8), pts=(0,))
+    with pytest.raises(ValueError, match="increasing"):
+        Keyframes(indices=(8, 0), pts=(0, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# plan_decoding: when to seek
+# ----------------------------------------------------------------------------------------------
+
+def test_all_intra_clips_cost_their_sampled_frames() -> None:
+    clip = list(range(40, 168, 16))
+    plan = plan_decoding(clip, list(range(NUM_FRAMES)))
+    assert plan == [(i, [i]) for i in clip]  # a seek straight to every frame
+
+
+def test_a_single_keyframe_file_is_decoded_through_from_the_start() -> None:
+    clip = list(range(40, 168, 16))
+    assert plan_decoding(clip, [0]) == [(None, clip)]
+    assert plan_decoding(clip, [0], at_start=False) == [(0, clip)]  # e.g. after a scan
+
+
+def test_seeking_pays_only_when_it_skips_more_than_it_costs() -> None:
+    keyframes = [0, 64, 128]
+    # from frame 70 (next: 71) to 129: seeking to 128 skips 128 - 71 frames
+    assert plan_decoding([70, 129], keyframes) == [(1, [70]), (2, [129])]
+    # next frame 126, keyframe 128: skipping two frames does not pay for a seek
+    near = 128 - SEEK_COST_FRAMES
+    assert plan_decoding([near - 1, 129], keyframes) == [(1, [near - 1, 129])]
+    # a few frames in from the start: decode on rather than seek to the first keyframe
+    assert plan_decoding([3, 5], keyframes) == [(None, [3, 5])]
+    assert plan_decoding([5], [8], at_start=False) is None  # nowhere to start from
 
 
 # ----------------------------------------------------------------------------------------------
