@@ -202,6 +202,7 @@ class DataConfig:
     shards_dir: str | None = None           # materialised Parquet shards (mode=parquet)
     videos_per_task: int = 8
     decode_threads: int = 1
+    prefetch_batches: int = 2               # batches a training worker keeps ready
 
     def validate(self, path: str) -> None:
         _check(0 < self.val_fraction < 1, f"{path}.val_fraction", "a number in (0, 1)",
@@ -225,6 +226,8 @@ class DataConfig:
                self.label_smoothing)
         _check(self.videos_per_task > 0, f"{path}.videos_per_task", "a positive integer",
                self.videos_per_task)
+        _check(self.prefetch_batches >= 0, f"{path}.prefetch_batches", "an integer >= 0",
+               self.prefetch_batches)
 
 
 LR_GROUPS = ("backbone", "head")

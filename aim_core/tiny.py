@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .backbones import build_model, to_clip_layout
 from .config import BackboneConfig, ModelConfig
-from .transforms import normalize
+from .transforms import to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def pretrain_tiny_backbone(out_path: str | Path, *, steps: int = 400, batch: int
     start = time.perf_counter()
     for step in range(1, steps + 1):
         images, labels = render_images(batch, image_size, rng)
-        clip = normalize(torch.from_numpy(images).permute(0, 3, 1, 2)).unsqueeze(2)  # (B,C,1,H,W)
+        clip = to_model_input(torch.from_numpy(images)[:, None])    # (B, 3, 1, H, W)
         loss = F.cross_entropy(model(clip), torch.from_numpy(labels))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,25 +81,3 @@ def pretrain_tiny_backbone(out_path: str | Path, *, steps: int = 400, batch: int
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     torch.save({"state_dict": {f"visual.{k}": v for k, v in to_clip_layout(state).items()}}, out_path)
     return out_path
-
-
-def tiny_backbone_accuracy(weights: str | Path, n: int = 512, seed: int = 1) -> float:
-    """Nearest-class-mean accuracy of the frozen features on fresh images: a pre-training check."""
-    cfg = ModelConfig(variant="frozen_space_only",
-                      backbone=BackboneConfig(**{**TINY_BACKBONE.__dict__, "pretrained": str(weights)}),
-                      num_classes=2, num_frames=1, image_size=32)
-    model = build_model(cfg).eval()
-    rng = np.random.default_rng(seed)
-    feats, labels = [], []
-    with torch.no_grad():
-        for _ in range(2):
-            images, y = render_images(n, 32, rng)
-            clip = normalize(torch.from_numpy(images).permute(0, 3, 1, 2)).unsqueeze(2)
-            feats.append(model.forward_head(model.forward_features(clip), pre_logits=True))
-            labels.append(torch.from_numpy(y))
-    (train_x, test_x), (train_y, test_y) = feats, labels
-    means = torch.stack([train_x[train_y == c].mean(0) if (train_y == c).any()
-                         else torch.full_like(train_x[0], float("inf"))
-                         for c in range(GRID * GRID)])
-    predicted = torch.cdist(test_x, means).argmin(dim=1)
-    return (predicted == test_y).float().mean().item()

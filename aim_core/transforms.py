@@ -1,7 +1,9 @@
 """Train and test transforms on uint8 clips, built from torchvision.transforms.v2.
 
-A clip is stored as uint8 ``(T, H, W, C)`` RGB and reaches the model as float ``(C, T, H, W)``
-normalised with CLIP's mean and std. The clip goes through v2 as one ``tv_tensors.Video``
+A clip is stored as uint8 ``(T, H, W, C)`` RGB and stays uint8 through the transforms (they run in
+the CPU decode tasks, and a uint8 clip is a quarter of the float bytes to ship); it reaches the
+model as float ``(C, T, H, W)`` normalised with CLIP's mean and std by :func:`to_model_input`, on
+the model's device, batched. The clip goes through v2 as one ``tv_tensors.Video``
 ``(T, C, H, W)``: v2 draws a transform's random parameters once per call (and so does imgaug's
 RandAugment, :mod:`aim_core.randaugment`), so every frame gets the same crop, flip, RandAugment
 ops and erased box. Per-frame randomness would be flicker that a
@@ -67,11 +69,10 @@ def to_model_input(clips: torch.Tensor) -> torch.Tensor:
     return frames.transpose(1, 2)                                   # the model's layout, a view
 
 
-def normalize(clip_tchw: torch.Tensor) -> torch.Tensor:
-    """uint8 (or 0-255 float) ``(T, 3, H, W)`` -> float32 normalised with CLIP_MEAN / CLIP_STD."""
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
-    return (clip_tchw.as_subclass(torch.Tensor).float() - mean) / std
+def erasing_fill() -> list[int]:
+    """The uint8 colour of an erased box: CLIP's mean, which normalises to about 0 (the released
+    recipe erases with 0 after normalisation)."""
+    return [round(m) for m in CLIP_MEAN]
 
 
 def build_rand_augment(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -104,12 +105,12 @@ class PCALighting:
 
 
 class TrainTransform:
-    """Random-resized crop, optional flip, RandAugment and PCA lighting, CLIP normalisation,
-    random erasing (the released configs' order).
+    """Random-resized crop, optional flip, RandAugment and PCA lighting, random erasing (the
+    released configs' order): uint8 ``(T, H, W, 3)`` -> uint8 ``(T, S, S, 3)``.
 
     RandAugment runs after the crop, on ``image_size`` frames (cheaper than on full frames). Erased
-    boxes are filled with 0 after normalisation (the data set mean) rather than noise, so the box
-    looks the same in every frame.
+    boxes are filled with CLIP's mean (:func:`erasing_fill`) rather than noise, so the box looks
+    the same in every frame.
     """
 
     def __init__(self, cfg: DataConfig, image_size: int) -> None:
@@ -121,18 +122,16 @@ class TrainTransform:
             ops.append(build_rand_augment(cfg.rand_augment))
         if cfg.pca_lighting:
             ops.append(PCALighting(cfg.pca_lighting))
+        if cfg.random_erasing:
+            ops.append(v2.RandomErasing(p=cfg.random_erasing, value=erasing_fill()))
         self.spatial = v2.Compose(ops)
-        self.erase = v2.RandomErasing(p=cfg.random_erasing, value=0) if cfg.random_erasing else None
 
     def __call__(self, clip: Clip) -> torch.Tensor:
-        video = self.spatial(tv_tensors.Video(to_tchw(clip)))  # uint8: RandAugment needs it
-        out = normalize(video)
-        if self.erase is not None:
-            out = self.erase(tv_tensors.Video(out)).as_subclass(torch.Tensor)
-        return out.permute(1, 0, 2, 3).contiguous()
+        video = self.spatial(tv_tensors.Video(to_tchw(clip)))
+        return video.as_subclass(torch.Tensor).permute(0, 2, 3, 1).contiguous()
 
     def __repr__(self) -> str:
-        return f"TrainTransform(spatial={self.spatial}, erase={self.erase})"
+        return f"TrainTransform(spatial={self.spatial})"
 
 
 def crop_origins(height: int, width: int, size: int, crops: int) -> list[tuple[int, int]]:
@@ -148,7 +147,8 @@ def crop_origins(height: int, width: int, size: int, crops: int) -> list[tuple[i
 
 
 class TestTransform:
-    """Short-side resize to ``image_size``, then 1 centre crop or 3 crops: ``(V, C, T, H, W)``."""
+    """Short-side resize to ``image_size``, then 1 centre crop or 3 crops: uint8
+    ``(crops, T, S, S, 3)``."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -162,14 +162,14 @@ class TestTransform:
         height, width = frames.shape[-2:]
         views = [F.crop(frames, top, left, size, size)
                  for top, left in crop_origins(height, width, size, self.crops)]
-        return torch.stack([normalize(view).permute(1, 0, 2, 3) for view in views])
+        return torch.stack(views).permute(0, 1, 3, 4, 2).contiguous()
 
     def __repr__(self) -> str:
         return f"TestTransform(image_size={self.image_size}, crops={self.crops})"
 
 
 def build_train_transform(cfg: DataConfig, image_size: int) -> Callable[[Clip], torch.Tensor]:
-    """uint8 ``(T, H, W, 3)`` -> float ``(3, T, image_size, image_size)``, augmented.
+    """uint8 ``(T, H, W, 3)`` -> uint8 ``(T, image_size, image_size, 3)``, augmented.
 
     Random-resized crop over ``cfg.crop_scale`` of the area; flip only when ``cfg.horizontal_flip``
     (off for direction-dependent classes such as SSv2's "left to right"; imgaug's RandAugment
@@ -181,5 +181,5 @@ def build_train_transform(cfg: DataConfig, image_size: int) -> Callable[[Clip], 
 
 
 def build_test_transform(cfg: DataConfig, image_size: int) -> Callable[[Clip], torch.Tensor]:
-    """uint8 ``(T, H, W, 3)`` -> float ``(cfg.test_crops, 3, T, image_size, image_size)``."""
+    """uint8 ``(T, H, W, 3)`` -> uint8 ``(cfg.test_crops, T, image_size, image_size, 3)``."""
     return TestTransform(image_size, cfg.test_crops)

@@ -7,7 +7,7 @@ Kinetics files are) with a long (250, ffmpeg's default) and a short (30) keyfram
 measures, for each keyframe interval:
   (a) a plain sequential PyAV loop that decodes every frame to RGB, then samples one 8x16 clip;
   (b) ``aim_core.video.decode_frames`` for the same clip (seek, early stop, convert only 8 frames);
-  (c) Ray Data ingest, when ``pipelines.data.ingest`` provides it;
+  (c) Ray Data decode tasks (the scan, then one view per video, as evaluation reads them);
   (d) per file: sampling 8 of the frames with ``decode_frames`` vs decoding the whole file.
 """
 
@@ -154,37 +154,43 @@ RAY_VIDEOS_PER_TASK = 4
 
 
 def ray_clips_per_s(files: list[Path], num_cpus: int, repeats: int = 2) -> tuple[float, float]:
-    """(scan seconds, clips/s of one stream-mode epoch) on a fresh ``ray.init(num_cpus=...)``.
+    """(scan seconds, clips/s of one execution) on a fresh ``ray.init(num_cpus=...)``.
 
-    The files go through the real path: a ``list`` annotation file, ``load_split``, the probe scan,
-    then ``ClipStream`` epochs (train sampling, 8x16, ``short_side`` 256 = the files' own height).
-    The first epoch warms the workers up; the best of ``repeats`` later epochs is reported.
+    The files go through the real path: a ``list`` annotation file, ``load_split``, the probe scan
+    (frame counts and keyframe tables), then executions of the evaluation dataset with one 8x16
+    view per video cropped at the files' own size (``short_side`` 256, ``image_size`` 256: the
+    transform is a crop, so decoding is what is measured; the training path, with augmentation,
+    is ``benchmarks/loader.py``). The first execution warms the workers up; the best of
+    ``repeats`` later ones is reported.
     """
     import ray
 
     from aim_core.config import Config
-    from pipelines.data.ingest import build_dataset
+    from pipelines.data.clips import evaluation_dataset
+    from pipelines.data.scan import read_videos
 
     folder = files[0].parent
     listing = folder / "bench_list.txt"
     listing.write_text("".join(f"{p.name} 0\n" for p in files))
     cfg = Config.from_dict({
         "data": {"root": str(folder), "format": "list", "train_annotations": str(listing),
-                 "sampler": "dense", "frame_interval": INTERVAL, "short_side": HEIGHT,
-                 "videos_per_task": RAY_VIDEOS_PER_TASK},
-        "model": {"num_frames": CLIP_LEN}, "run": {"ingest_cpus": 1}})
+                 "val_annotations": str(listing), "sampler": "dense",
+                 "frame_interval": INTERVAL, "short_side": HEIGHT, "test_clips": 1,
+                 "test_crops": 1, "videos_per_task": RAY_VIDEOS_PER_TASK},
+        "model": {"num_frames": CLIP_LEN, "image_size": HEIGHT}, "run": {"ingest_cpus": 1}})
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         start = time.perf_counter()
-        result = build_dataset(cfg, "train", train=True)
+        videos, _, report = read_videos(cfg, "val")
         scan_s = time.perf_counter() - start
-        assert result.report.good == len(files), result.report.summary()
+        assert report.good == len(files), report.summary()
+        dataset = evaluation_dataset(cfg, videos)
 
-        def epoch(e: int) -> int:
-            return sum(len(b["label"]) for b in result.stream.dataset(e).iter_batches(batch_size=8))
+        def execution() -> int:
+            return sum(len(b["label"]) for b in dataset.iter_batches(batch_size=8))
 
-        assert epoch(0) == len(files)
-        best = min(best_time(lambda e=e: epoch(e), 1) for e in range(1, repeats + 1))
+        assert execution() == len(files)
+        best = min(best_time(execution, 1) for _ in range(repeats))
         return scan_s, len(files) / best
     finally:
         ray.shutdown()

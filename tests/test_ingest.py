@@ -15,7 +15,8 @@ import pytest
 from aim_core.annotations import AnnotationError, ClassMap, load_split
 from aim_core.config import Config
 from aim_core.video import clip_indices, decode_frames
-from pipelines.data import ingest
+from pipelines.data import ingest, shards
+from pipelines.data.scan import read_videos
 from pipelines.data.synthetic import generate_synthetic
 
 pytestmark = pytest.mark.slow  # every test here runs Ray Data jobs
@@ -71,63 +72,28 @@ def expected_good(cfg: Config, split: str, bad: dict[str, str]) -> set[str]:
     return {r.video_id for r in load_split(cfg.data, split).records if r.path not in bad}
 
 
-def test_stream_ingests_every_good_clip_and_reports_exactly_the_bad_files(videos):
+def test_a_scan_finds_every_good_video_and_reports_exactly_the_bad_files(videos):
     root, bad = videos
     cfg = make_cfg(root)
     reported: dict[str, str] = {}
     for split in ("train", "val"):
-        result = ingest.build_dataset(cfg, split, train=split == "train")
-        rows = result.dataset.take_all()
-        views = 1 if split == "train" else 3
-        good = expected_good(cfg, split, bad)
-        assert sorted(r["video_id"] for r in rows) == sorted(v for v in good for _ in range(views))
-        assert {r["frames"].shape for r in rows} == {(4, 32, 32, 3)}
-        assert all(r["frames"].dtype == np.uint8 for r in rows)
-        assert result.report.good == len(good) and result.report.clips is None
-        reported.update(result.report.bad)
+        found, _, report = read_videos(cfg, split)
+        assert sorted(v["video_id"] for v in found) == sorted(expected_good(cfg, split, bad))
+        assert all(v["num_frames"] == 16 and v["keyframe_indices"][0] == 0 for v in found)
+        assert report.good == len(found) and report.clips is None
+        reported.update(report.bad)
     assert set(reported) == set(bad)
     assert all(reason for reason in reported.values())
     assert "empty" in reported[str(root / "red_square" / "empty.mp4")]
     assert "no video stream" in reported[str(root / "blue_circle" / "audio_only.mp4")]
 
 
-def test_stream_resamples_every_epoch_and_repeats_an_epoch_exactly(videos):
-    root, _ = videos
-    result = ingest.build_dataset(make_cfg(root), "train", train=True)
-
-    def clips(epoch: int) -> dict[str, np.ndarray]:
-        return {r["video_id"]: r["frames"] for r in result.stream.dataset(epoch).take_all()}
-
-    first, again, second = clips(0), clips(0), clips(1)
-    assert first.keys() == second.keys()
-    assert all(np.array_equal(first[k], again[k]) for k in first)          # reproducible
-    changed = sum(not np.array_equal(first[k], second[k]) for k in first)
-    assert changed >= len(first) // 2                                       # fresh samples
-
-
-def test_stream_shards_for_workers_are_disjoint_and_complete(videos):
-    root, _ = videos
-    stream = ingest.build_dataset(make_cfg(root), "train", train=True).stream
-    shares = [{r["video_id"] for r in stream.dataset(3, shard=(rank, 2)).take_all()}
-              for rank in range(2)]
-    assert not shares[0] & shares[1]
-    assert shares[0] | shares[1] == {item["video_id"] for item in stream.items}
-
-
-def test_training_columns_feed_iter_torch_batches(videos):
-    root, _ = videos
-    ds = ingest.training_columns(ingest.build_dataset(make_cfg(root), "train", train=True).dataset)
-    batch = next(iter(ds.iter_torch_batches(batch_size=4)))
-    assert set(batch) == {"frames", "label"}
-    assert tuple(batch["frames"].shape) == (4, 4, 32, 32, 3)
-
-
 def test_parquet_round_trip_gives_the_decoded_clips_and_labels(videos, tmp_path):
     root, bad = videos
     cfg = make_cfg(root, mode="parquet")
 
-    folder = ingest.materialize(cfg, "val", str(tmp_path))
-    rows = ingest.read_shards(folder).take_all()
+    folder = shards.materialize(cfg, "val", str(tmp_path))
+    rows = shards.read_shards(folder).take_all()
 
     records = {r.video_id: r for r in load_split(cfg.data, "val").records if r.path not in bad}
     assert sorted({r["video_id"] for r in rows}) == sorted(records)
@@ -148,25 +114,25 @@ def test_parquet_round_trip_gives_the_decoded_clips_and_labels(videos, tmp_path)
 def test_parquet_rerun_skips_finished_shards_and_redoes_missing_ones(videos, tmp_path):
     root, _ = videos
     cfg = make_cfg(root, mode="parquet")
-    folder = Path(ingest.materialize(cfg, "train", str(tmp_path)))
-    shards = sorted(folder.glob("shard-*.parquet"))
-    assert len(shards) == 5                                     # ceil(15 videos / 3 per task)
-    mtimes = {p: p.stat().st_mtime_ns for p in shards}
+    folder = Path(shards.materialize(cfg, "train", str(tmp_path)))
+    files = sorted(folder.glob("shard-*.parquet"))
+    assert len(files) == 5                                     # ceil(15 videos / 3 per task)
+    mtimes = {p: p.stat().st_mtime_ns for p in files}
 
-    ingest.materialize(cfg, "train", str(tmp_path))             # nothing to do
-    shards[2].unlink()                                          # as if interrupted mid-shard
-    (folder / f".{shards[2].name}.abc.tmp").write_bytes(b"partial")
-    ingest.materialize(cfg, "train", str(tmp_path))
+    shards.materialize(cfg, "train", str(tmp_path))             # nothing to do
+    files[2].unlink()                                          # as if interrupted mid-shard
+    (folder / f".{files[2].name}.abc.tmp").write_bytes(b"partial")
+    shards.materialize(cfg, "train", str(tmp_path))
 
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["runs"] == [{"written": 5, "skipped": 0}, {"written": 0, "skipped": 5},
                                 {"written": 1, "skipped": 4}]
-    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p != shards[2])
-    assert manifest["clips"] == len(ingest.read_shards(str(folder)).take_all())
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p != files[2])
+    assert manifest["clips"] == len(shards.read_shards(str(folder)).take_all())
 
     # Different clip settings plan different shards: nothing stale is reused, and once the new
     # manifest is in place the old shards (and the leftover temporary file) are gone.
-    ingest.materialize(make_cfg(root, mode="parquet", frame_interval=3), "train", str(tmp_path))
+    shards.materialize(make_cfg(root, mode="parquet", frame_interval=3), "train", str(tmp_path))
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["runs"][-1] == {"written": 5, "skipped": 0}
     assert sorted(p.name for p in folder.iterdir() if "shard" in p.name) == sorted(
@@ -175,7 +141,7 @@ def test_parquet_rerun_skips_finished_shards_and_redoes_missing_ones(videos, tmp
 
 def clips_by_view(folder: str | Path) -> dict[tuple[str, int], np.ndarray]:
     return {(r["video_id"], r["view"]): r["frames"]
-            for r in ingest.read_shards(str(folder)).take_all()}
+            for r in shards.read_shards(str(folder)).take_all()}
 
 
 def test_a_shard_an_interrupted_rewrite_left_behind_is_never_reused(videos, tmp_path):
@@ -183,16 +149,16 @@ def test_a_shard_an_interrupted_rewrite_left_behind_is_never_reused(videos, tmp_
     where the new shard belongs; the next run must see that and rewrite the shard."""
     root, _ = videos
     old, new = make_cfg(root, mode="parquet"), make_cfg(root, mode="parquet", frame_interval=3)
-    folder = Path(ingest.materialize(old, "train", str(tmp_path / "data")))
+    folder = Path(shards.materialize(old, "train", str(tmp_path / "data")))
     old_first = sorted(folder.glob("shard-*.parquet"))[0].read_bytes()
-    ingest.materialize(new, "train", str(tmp_path / "data"))
+    shards.materialize(new, "train", str(tmp_path / "data"))
     sorted(folder.glob("shard-*.parquet"))[0].write_bytes(old_first)
 
-    ingest.materialize(new, "train", str(tmp_path / "data"))
+    shards.materialize(new, "train", str(tmp_path / "data"))
 
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["runs"][-1] == {"written": 1, "skipped": 4}
-    clean = clips_by_view(ingest.materialize(new, "train", str(tmp_path / "clean")))
+    clean = clips_by_view(shards.materialize(new, "train", str(tmp_path / "clean")))
     resumed = clips_by_view(folder)
     assert resumed.keys() == clean.keys()
     assert all(np.array_equal(resumed[k], clean[k]) for k in clean)
@@ -201,18 +167,18 @@ def test_a_shard_an_interrupted_rewrite_left_behind_is_never_reused(videos, tmp_
 def test_a_truncated_manifest_is_rebuilt_from_the_shards(videos, tmp_path):
     root, _ = videos
     cfg = make_cfg(root, mode="parquet")
-    folder = Path(ingest.materialize(cfg, "val", str(tmp_path)))
-    clips = len(ingest.read_shards(str(folder)).take_all())
+    folder = Path(shards.materialize(cfg, "val", str(tmp_path)))
+    clips = len(shards.read_shards(str(folder)).take_all())
     text = (folder / "manifest.json").read_text()
     (folder / "manifest.json").write_text(text[: len(text) // 2])   # as a crash mid-write left it
 
     with pytest.raises(FileNotFoundError, match=r"manifest\.json.*unreadable.*aim-video ingest"):
-        ingest.read_shards(str(folder))
-    ingest.materialize(cfg, "val", str(tmp_path))
+        shards.read_shards(str(folder))
+    shards.materialize(cfg, "val", str(tmp_path))
 
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["runs"] == [{"written": 0, "skipped": len(manifest["shards"])}]
-    assert manifest["clips"] == clips == len(ingest.read_shards(str(folder)).take_all())
+    assert manifest["clips"] == clips == len(shards.read_shards(str(folder)).take_all())
 
 
 def corrupt_copy(root: Path, dst: Path) -> Path:
@@ -273,11 +239,11 @@ def test_videos_and_shards_behind_uris_give_the_same_clips_as_local_paths(videos
     """s3:// and gs:// take this path (pyarrow filesystems, seekable files for PyAV); file:// URIs
     exercise it without a network."""
     root, bad = videos
-    local = ingest.read_shards(ingest.materialize(make_cfg(root, mode="parquet"), "val",
+    local = shards.read_shards(shards.materialize(make_cfg(root, mode="parquet"), "val",
                                                   str(tmp_path / "local"))).take_all()
-    folder = ingest.materialize(make_cfg(root.as_uri(), mode="parquet"), "val",
+    folder = shards.materialize(make_cfg(root.as_uri(), mode="parquet"), "val",
                                 (tmp_path / "remote").as_uri())
-    remote = ingest.read_shards(folder).take_all()
+    remote = shards.read_shards(folder).take_all()
 
     assert folder == (tmp_path / "remote" / "val").as_uri()
     key = lambda r: (r["video_id"], r["view"])
@@ -286,7 +252,7 @@ def test_videos_and_shards_behind_uris_give_the_same_clips_as_local_paths(videos
     for row in remote:
         assert row["path"].startswith("file://")
         assert np.array_equal(row["frames"], by_key[key(row)]["frames"])
-    report = ingest.read_report(folder)
+    report = shards.read_report(folder)
     assert report.bad and all(path.startswith("file://") for path, _ in report.bad)
     assert {path.removeprefix("file://") for path, _ in report.bad} <= set(bad)
 
@@ -314,6 +280,6 @@ def test_videos_of_different_aspect_ratios_make_a_variable_shaped_column(tmp_pat
     shutil.copytree(square, root, dirs_exist_ok=True)
     cfg = make_cfg(root, mode="parquet", val_fraction=0.5)
 
-    rows = ingest.read_shards(ingest.materialize(cfg, "train", str(tmp_path / "out"))).take_all()
+    rows = shards.read_shards(shards.materialize(cfg, "train", str(tmp_path / "out"))).take_all()
 
     assert {r["frames"].shape for r in rows} == {(4, 32, 48, 3), (4, 32, 32, 3)}

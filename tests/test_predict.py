@@ -16,6 +16,7 @@ from aim_core.checkpoint import save_model
 from aim_core.config import Config
 from pipelines.tracking import references, registry, runs
 from pipelines.cli import main
+from aim_core.transforms import to_model_input
 from pipelines.evaluation.evaluate import evaluate, load_views, predict_video
 from pipelines.evaluation.predict import predict_videos
 
@@ -82,12 +83,11 @@ def videos(root: Path) -> list[Path]:
 # Views and probabilities
 # ----------------------------------------------------------------------------------------------
 
-def test_a_video_gives_clips_times_crops_normalised_views(checkpoint, data_root):
+def test_a_video_gives_clips_times_crops_uint8_views_at_the_model_size(checkpoint, data_root):
     _, cfg = checkpoint
     views = load_views(videos(data_root)[0], cfg)
-    assert views.shape == (2 * 3, 3, 4, 32, 32)     # 2 temporal clips x 3 crops
-    assert views.dtype == torch.float32
-    assert -3 < float(views.mean()) < 3             # CLIP-normalised, not 0-255
+    assert views.shape == (2 * 3, 4, 32, 32, 3)     # 2 temporal clips x 3 crops
+    assert views.dtype == torch.uint8               # normalised on the model's device
 
 
 def test_video_probabilities_are_the_mean_softmax_over_its_views(checkpoint, data_root):
@@ -95,7 +95,7 @@ def test_video_probabilities_are_the_mean_softmax_over_its_views(checkpoint, dat
     model, _, _ = references.resolve_model(ckpt)
     path = videos(data_root)[0]
     with torch.no_grad():
-        expected = model(load_views(path, cfg)).softmax(-1).mean(0)
+        expected = model(to_model_input(load_views(path, cfg))).softmax(-1).mean(0)
     probs = predict_video(model, cfg, path)
     torch.testing.assert_close(probs, expected)
     assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
@@ -109,6 +109,7 @@ def test_evaluation_predict_and_the_pyfunc_give_one_answer_per_precision(
     import mlflow
 
     from aim_core.checkpoint import MODEL_FILE
+    from aim_core.transforms import build_test_transform, to_model_input
     from aim_core.video import clip_indices, decode_frames
     from pipelines.evaluation.evaluate import score_rows
 
@@ -122,15 +123,17 @@ def test_evaluation_predict_and_the_pyfunc_give_one_answer_per_precision(
 
     clips = clip_indices(cfg.data, 24, cfg.model.num_frames, train=False)
     frames = decode_frames(path, [i for c in clips for i in c], short_side=cfg.data.short_side)
-    rows = [{"video_id": ["v"] * len(clips), "label": [0] * len(clips),
-             "frames": list(frames.reshape(len(clips), cfg.model.num_frames, *frames.shape[1:]))}]
+    views = [build_test_transform(cfg.data, cfg.model.image_size)(clip).numpy()
+             for clip in frames.reshape(len(clips), cfg.model.num_frames, *frames.shape[1:])]
+    rows = [{"video_id": ["v"] * len(clips), "label": [0] * len(clips), "views": views}]
     scores = score_rows(model, cfg, rows)
     evaluated = torch.as_tensor(scores.sums["v"] / scores.views["v"])
 
     pyfunc = registry.AimVideoPyfunc()
     pyfunc.load_context(mlflow.pyfunc.PythonModelContext(
         artifacts={"model": str(ckpt / MODEL_FILE)}, model_config=None))
-    served = torch.as_tensor(pyfunc.predict(None, load_views(path, cfg).numpy())).mean(0)
+    normalised = to_model_input(load_views(path, cfg)).contiguous()   # the pyfunc's signature
+    served = torch.as_tensor(pyfunc.predict(None, normalised.numpy())).mean(0)
 
     torch.testing.assert_close(evaluated, predicted, rtol=0, atol=1e-6)
     torch.testing.assert_close(served, predicted, rtol=0, atol=1e-6)
@@ -285,8 +288,9 @@ def test_predict_resolves_a_registry_alias_from_the_environment(checkpoint, data
 def test_evaluation_over_ingested_ray_views_matches_local_decoding(checkpoint):
     import ray
 
-    from pipelines.data.ingest import build_dataset
     from aim_core.annotations import ClassMap, load_split
+    from pipelines.data.clips import evaluation_dataset
+    from pipelines.data.scan import read_videos
 
     ckpt, cfg = checkpoint
     model, _, _ = references.resolve_model(ckpt)
@@ -294,8 +298,8 @@ def test_evaluation_over_ingested_ray_views_matches_local_decoding(checkpoint):
     local = evaluate(model, cfg, records, CLASSES)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        ingested = build_dataset(cfg, "val", train=False, class_map=ClassMap(CLASSES))
-        distributed = evaluate(model, cfg, ingested.dataset, CLASSES)
+        videos, _, _ = read_videos(cfg, "val", ClassMap(CLASSES))
+        distributed = evaluate(model, cfg, evaluation_dataset(cfg, videos), CLASSES)
     finally:
         ray.shutdown()
     assert distributed["num_videos"] == local["num_videos"] == len(records)

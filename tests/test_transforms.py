@@ -1,4 +1,5 @@
-"""Specification of aim_core.transforms: shapes, CLIP normalisation, one augmentation per clip."""
+"""Specification of aim_core.transforms: uint8 clips at the model's size, one augmentation per
+clip, CLIP normalisation on the model's device."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from torchvision.transforms import v2
 from aim_core.config import Config, ConfigError, DataConfig
 from aim_core.randaugment import ImgaugRandAugment
 from aim_core.transforms import (CLIP_MEAN, CLIP_STD, build_rand_augment, build_test_transform,
-                                 build_train_transform, crop_origins, normalize, to_tchw)
+                                 build_train_transform, crop_origins, erasing_fill,
+                                 to_model_input, to_tchw)
 
 ALL_AUGMENTATIONS = DataConfig(horizontal_flip=True, rand_augment="rand-m7-n4-mstd0.5-inc1",
                                random_erasing=1.0)
@@ -44,11 +46,14 @@ def test_clip_statistics_are_on_the_0_255_scale() -> None:
     assert CLIP_STD == (68.493, 66.63, 70.321)
 
 
-def test_normalize_a_constant_colour() -> None:
-    out = normalize(to_tchw(constant_clip((200, 100, 50))))
-    assert out.dtype == torch.float32 and out.shape == (4, 3, 40, 60)
-    assert torch.allclose(out[0, :, 0, 0], expected_normalised((200, 100, 50)), atol=1e-6)
-    assert out.std(dim=(0, 2, 3)).max() == 0
+def test_model_input_is_normalised_c_t_h_w_floats_of_uint8_clips() -> None:
+    clips = torch.from_numpy(np.stack([constant_clip((200, 100, 50)), constant_clip((0, 0, 0))]))
+    out = to_model_input(clips)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 4, 40, 60)
+    assert torch.allclose(out[0, :, 0, 0, 0], expected_normalised((200, 100, 50)), atol=1e-6)
+    assert torch.allclose(out[1, :, 0, 0, 0], expected_normalised((0, 0, 0)), atol=1e-6)
+    assert out.flatten(2).std(dim=2).max() == 0
+    assert clips.dtype == torch.uint8                       # the input is left as it was
 
 
 def test_to_tchw_accepts_numpy_and_torch_and_refuses_other_layouts() -> None:
@@ -64,16 +69,15 @@ def test_to_tchw_accepts_numpy_and_torch_and_refuses_other_layouts() -> None:
 # Training transform
 # ----------------------------------------------------------------------------------------------
 
-def test_train_output_is_float_c_t_h_w() -> None:
+def test_train_output_is_uint8_t_h_w_c_at_the_model_size() -> None:
     out = build_train_transform(ALL_AUGMENTATIONS, 32)(constant_clip((10, 20, 30), t=8))
-    assert out.shape == (3, 8, 32, 32) and out.dtype == torch.float32
+    assert out.shape == (8, 32, 32, 3) and out.dtype == torch.uint8
 
 
 def test_train_without_colour_augmentation_keeps_a_constant_colour() -> None:
     transform = build_train_transform(DataConfig(horizontal_flip=True), 32)
     out = transform(constant_clip((200, 100, 50)))
-    expected = expected_normalised((200, 100, 50))[:, None, None, None].expand_as(out)
-    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.equal(out, torch.tensor([200, 100, 50], dtype=torch.uint8).expand_as(out))
 
 
 @pytest.mark.parametrize("cfg", [ALL_AUGMENTATIONS, RELEASED_SSV2, RELEASED_L14_K400],
@@ -86,7 +90,7 @@ def test_train_augmentation_is_the_same_for_every_frame(cfg: DataConfig) -> None
     for seed in range(20):
         torch.manual_seed(seed)
         out = transform(clip)
-        assert torch.equal(out, out[:, :1].expand_as(out)), f"frames differ (seed {seed})"
+        assert torch.equal(out, out[:1].expand_as(out)), f"frames differ (seed {seed})"
 
 
 def test_train_transform_draws_different_crops_per_call() -> None:
@@ -97,7 +101,8 @@ def test_train_transform_draws_different_crops_per_call() -> None:
 
 
 def _flipped(out: torch.Tensor) -> bool:
-    return bool(out[0, :, :, 0].mean() > out[0, :, :, -1].mean())
+    """A ramp that grows left to right, read off the first frame of a (T, H, W, 3) clip."""
+    return bool(out[0, :, 0].float().mean() > out[0, :, -1].float().mean())
 
 
 def test_flip_disabled_never_flips() -> None:
@@ -113,17 +118,19 @@ def test_flip_enabled_flips_about_half_the_time() -> None:
     assert 30 <= flips <= 70
 
 
-def test_random_erasing_fills_a_box_with_the_mean() -> None:
+def test_random_erasing_fills_a_box_with_clips_mean_which_normalises_to_zero() -> None:
     transform = build_train_transform(DataConfig(horizontal_flip=False, random_erasing=1.0), 32)
     torch.manual_seed(0)
     out = transform(constant_clip((250, 250, 250)))
-    erased = (out == 0).all(dim=(0, 1))
+    erased = (out == torch.tensor(erasing_fill(), dtype=torch.uint8)).all(dim=-1).all(dim=0)
     assert 0 < erased.float().mean() < 1
+    normalised = to_model_input(out[None])[0, :, 0][:, erased]
+    assert normalised.abs().max() < 0.01
 
 
 def test_train_transform_pickles_for_data_loader_workers() -> None:
     transform = pickle.loads(pickle.dumps(build_train_transform(ALL_AUGMENTATIONS, 32)))
-    assert transform(constant_clip((1, 2, 3))).shape == (3, 4, 32, 32)
+    assert transform(constant_clip((1, 2, 3))).shape == (4, 32, 32, 3)
 
 
 def test_released_ssv2_augmentation_flips_although_the_flip_setting_is_off() -> None:
@@ -142,9 +149,9 @@ def test_pca_lighting_shifts_each_clip_by_one_rgb_offset() -> None:
     offsets = []
     for _ in range(200):
         out = transform(constant_clip((120, 120, 120)))
-        assert out.flatten(1).std(dim=1).max() == 0        # one colour over the whole clip
-        offsets.append(out[:, 0, 0, 0] * torch.tensor(CLIP_STD) + torch.tensor(CLIP_MEAN) - 120)
-    spread = torch.stack(offsets).std(dim=0)
+        assert (out == out[0, 0, 0]).all()                 # one colour over the whole clip
+        offsets.append(out[0, 0, 0].double() - 120)
+    spread = torch.stack(offsets).std(dim=0).float()
     # eigvec @ (alpha * eigval), alpha ~ N(0, 0.1): about 3.2 grey levels of std per channel
     assert torch.allclose(spread, torch.full((3,), 3.2), atol=0.8)
 
@@ -179,32 +186,30 @@ def test_bad_rand_augment_values_fail_at_load_naming_the_field(spec: str) -> Non
 
 def test_test_single_centre_crop_shape_and_values() -> None:
     out = build_test_transform(DataConfig(test_crops=1), 32)(constant_clip((200, 100, 50)))
-    assert out.shape == (1, 3, 4, 32, 32) and out.dtype == torch.float32
-    expected = expected_normalised((200, 100, 50))[:, None, None, None].expand_as(out[0])
-    assert torch.allclose(out[0], expected, atol=1e-5)
+    assert out.shape == (1, 4, 32, 32, 3) and out.dtype == torch.uint8
+    assert torch.equal(out, torch.tensor([200, 100, 50], dtype=torch.uint8).expand_as(out))
 
 
 def test_test_centre_crop_takes_the_middle_of_the_long_side() -> None:
     clip = ramp_clip(h=40, w=80)  # resized to 32x64, centre crop covers columns 16..47
     out = build_test_transform(DataConfig(test_crops=1), 32)(clip)
-    centre = float(out[0, 0, 0].mean() * CLIP_STD[0] + CLIP_MEAN[0])
-    assert centre == pytest.approx(127.5, abs=3)
+    assert float(out[0, 0, ..., 0].float().mean()) == pytest.approx(127.5, abs=3)
 
 
 def test_three_crops_cover_left_centre_right_of_a_wide_clip() -> None:
     out = build_test_transform(DataConfig(test_crops=3), 32)(ramp_clip(h=40, w=80))
-    assert out.shape == (3, 3, 4, 32, 32)
-    means = [float(view[0].mean()) for view in out]
+    assert out.shape == (3, 4, 32, 32, 3)
+    means = [float(view[0].float().mean()) for view in out]
     assert means[0] < means[1] < means[2]
     # left starts at column 0 (dark), right ends at the last column (bright)
-    assert out[0, 0, 0, :, 0].mean() * CLIP_STD[0] + CLIP_MEAN[0] < 8
-    assert out[2, 0, 0, :, -1].mean() * CLIP_STD[0] + CLIP_MEAN[0] > 247
+    assert out[0, 0, :, 0, 0].float().mean() < 8
+    assert out[2, 0, :, -1, 0].float().mean() > 247
 
 
 def test_three_crops_go_top_centre_bottom_on_a_tall_clip() -> None:
     tall = ramp_clip(h=40, w=80).transpose(0, 2, 1, 3).copy()  # brightness grows top to bottom
     out = build_test_transform(DataConfig(test_crops=3), 32)(tall)
-    means = [float(view[0].mean()) for view in out]
+    means = [float(view[0].float().mean()) for view in out]
     assert means[0] < means[1] < means[2]
 
 

@@ -152,16 +152,16 @@ class VideoScores:
 
 def score_rows(model: torch.nn.Module, cfg: Config, rows: Iterable[dict[str, Any]],
                inference: Inference | None = None) -> VideoScores:
-    """Score batches of ingest rows (``video_id, label, frames``: one temporal clip each).
+    """Score batches of evaluation rows (``video_id, label, views``: one temporal view each, its
+    spatial crops uint8 ``(crops, T, S, S, 3)``; see :mod:`pipelines.data.clips`).
 
     Views of a video may arrive in any order, batch or worker: probabilities are summed per
     ``video_id`` here and averaged once all views are in (:meth:`VideoScores.meter`).
     """
     inference = inference_for(model, cfg, inference)
-    transform = build_test_transform(cfg.data, cfg.model.image_size)
     scores = VideoScores()
     for batch in rows:
-        views = torch.stack([transform(_writable(f)) for f in batch["frames"]])
+        views = torch.as_tensor(_writable(np.stack(list(batch["views"]))))
         crops = views.shape[1]
         probs = inference.probabilities(model, views.flatten(0, 1))
         probs = probs.reshape(len(views), crops, -1).sum(dim=1).numpy()
@@ -252,11 +252,14 @@ def run_eval(cfg: Config, model_ref: str, out_dir: str | Path, engine: str = "lo
     ecfg = replace(cfg, model=model_cfg.model)
     class_map = ClassMap(class_names) if class_names else None
     if engine == "ray":
-        from pipelines.data.ingest import build_dataset
+        from pipelines.data.clips import evaluation_dataset
+        from pipelines.data.scan import read_videos
+        from pipelines.runtime import ensure_ray
 
-        ingested = build_dataset(ecfg, "val", train=False, class_map=class_map)
-        data, names, failed = ingested.dataset, ingested.class_map.names, ingested.report.bad
-        rejected = ingested.report.rejected
+        ensure_ray()
+        videos, class_map, report = read_videos(ecfg, "val", class_map)
+        data, names, failed, rejected = (evaluation_dataset(ecfg, videos), class_map.names,
+                                         report.bad, report.rejected)
     else:
         split = load_split(ecfg.data, "val", class_map)
         data, names, failed, rejected = split.records, split.class_map.names, [], split.rejected

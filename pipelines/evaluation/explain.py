@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from aim_core.attention import AttentionMaps, cls_attention_maps  # noqa: E402
 from aim_core.config import Config  # noqa: E402
 from aim_core.inference import Inference, default_device  # noqa: E402
-from aim_core.transforms import CLIP_MEAN, CLIP_STD, build_test_transform  # noqa: E402
+from aim_core.transforms import build_test_transform, to_model_input  # noqa: E402
 from aim_core.video import (clip_indices, decode_frames, open_video_source,  # noqa: E402
                             probe_video, uniform_indices)
 
@@ -70,22 +70,14 @@ def frame_indices(cfg: Config, num_video_frames: int, from_config: bool) -> list
 
 
 def load_clip(video: str | os.PathLike[str], cfg: Config, from_config: bool = False
-              ) -> tuple[torch.Tensor, list[int]]:
-    """The normalised centre-crop clip ``(1, 3, T, S, S)`` a model sees, and its frame indices."""
+              ) -> tuple[np.ndarray, list[int]]:
+    """The centre-crop frames uint8 ``(T, S, S, 3)`` a model sees, and their frame indices."""
     with open_video_source(os.fspath(video)) as source:
         indices = frame_indices(cfg, probe_video(source).num_frames, from_config)
         frames = decode_frames(source, indices, short_side=cfg.data.short_side,
                                threads=cfg.data.decode_threads)
     transform = build_test_transform(replace(cfg.data, test_crops=1), cfg.model.image_size)
-    return transform(frames), indices
-
-
-def denormalise(clip: torch.Tensor) -> np.ndarray:
-    """``(1, 3, T, S, S)`` normalised clip back to uint8 ``(T, S, S, 3)`` frames for display."""
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1, 1)
-    pixels = (clip[0].cpu() * std + mean).clamp(0, 255).round().to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).numpy()
+    return transform(frames)[0].numpy(), indices
 
 
 def model_label(ref: str, cfg: Config) -> str:
@@ -107,11 +99,12 @@ def describe_prediction(logits: torch.Tensor, class_names: Sequence[str] | None)
 def explain_model(model: torch.nn.Module, cfg: Config, class_names: Sequence[str] | None,
                   video: str | os.PathLike[str], label: str, from_config: bool = False
                   ) -> Explained:
-    clip, indices = load_clip(video, cfg, from_config)
+    frames, indices = load_clip(video, cfg, from_config)
     inference = Inference.for_config(cfg, next(model.parameters()).device)
+    clip = to_model_input(torch.from_numpy(frames)[None].to(inference.device))
     with inference.autocast():  # the precision eval and predict use for this config
         maps = cls_attention_maps(model, clip)
-    return Explained(label, denormalise(clip), indices, maps,
+    return Explained(label, frames, indices, maps,
                      describe_prediction(maps["logits"], class_names))
 
 

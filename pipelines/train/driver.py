@@ -22,7 +22,6 @@ import ray.train.torch
 import torch
 
 from aim_core.checkpoint import MODEL_FILE
-from aim_core.annotations import AnnotationError
 from aim_core.config import Config
 from aim_core.storage import is_uri
 from aim_core.video import eval_protocol
@@ -31,10 +30,10 @@ from pipelines import console
 from pipelines.preflight import check_data_location, check_training
 from pipelines.resources import train_scaling
 from pipelines.runtime import RunFolder, absolute_paths, ensure_ray
-from pipelines.data import ingest
+from pipelines.data.training import TrainingData, training_data
 from pipelines.tracking import plots, registry, runs
 from pipelines.train.reporting import EpochLines, EpochReporter
-from pipelines.train.worker import EVAL_COLUMNS, EVAL_FILE, STATE_FILE, train_loop_per_worker
+from pipelines.train.worker import EVAL_FILE, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None
         console.log_to(folder.path)
     ensure_ray()
     cfg = runs.pin_tracking_uri(cfg)
-    data = prepare_data(cfg)
+    data = training_data(cfg)
     cost = model_cost(cfg).to_dict()
     mlflow_run_id = folder.mlflow_run_id() if resume else None
     with runs.start_run(cfg, run_name=cfg.run.name, run_id=mlflow_run_id,
@@ -102,51 +101,13 @@ def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None
     return outcome
 
 
-@dataclass
-class TrainingData:
-    """What :func:`prepare_data` hands the trainer: datasets or streams, classes, reports."""
-
-    loop: dict[str, Any]                       # train_loop_config entries (stream mode)
-    datasets: dict[str, ray.data.Dataset]      # Ray Train datasets (parquet mode)
-    class_names: list[str]
-    train_videos: int
-    reports: dict[str, Any]
-
-
-def prepare_data(cfg: Config) -> TrainingData:
-    """The training and validation data of ``cfg``: streams (stream mode) or stored shards."""
-    if cfg.data.mode == "stream":
-        train = ingest.build_dataset(cfg, "train", train=True)
-        val = ingest.build_dataset(cfg, "val", train=False, class_map=train.class_map)
-        for result in (train, val):
-            console.say(result.report.summary())
-        if not train.stream.items:
-            raise AnnotationError(f"data.root: no readable training video under {cfg.data.root} "
-                                  f"(see the ingest report above)")
-        return TrainingData({"train_stream": train.stream, "val_stream": val.stream}, {},
-                            train.class_map.names, len(train.stream.items),
-                            {"train": train.report.to_dict(), "val": val.report.to_dict()})
-    out = cfg.data.shards_dir or ingest.default_output_dir(cfg)
-    train_dir = ingest.materialize(cfg, "train", out)
-    val_dir = ingest.materialize(cfg, "val", out)
-    reports = {s: ingest.read_report(d).to_dict() for s, d in (("train", train_dir), ("val", val_dir))}
-    for r in reports.values():
-        console.say(f"[ingest {r['split']}/parquet] {r['good']}/{r['videos']} videos, "
-                    f"{len(r['bad'])} bad")
-    class_map = ingest.load_class_map(out)
-    datasets = {"train": ingest.training_columns(ingest.read_shards(train_dir)),
-                "val": ingest.read_shards(val_dir).select_columns(EVAL_COLUMNS)}
-    return TrainingData({}, datasets, class_map.names, reports["train"]["clips"], reports)
-
-
 def _log_start(cost: dict[str, float], data: TrainingData) -> None:
     runs.log_model_cost(cost)
     for split, report in data.reports.items():
         mlflow.log_dict(report, f"ingest/{split}_report.json")
-    if "train_stream" in data.loop:  # the videos this run trains on (data-fraction studies)
-        items = data.loop["train_stream"].items
-        mlflow.log_dict({"video_ids": [i["video_id"] for i in items],
-                         "labels": [int(i["label"]) for i in items]},
+    if data.train_videos:  # the videos this run trains on (data-fraction studies)
+        mlflow.log_dict({"video_ids": [v["video_id"] for v in data.train_videos],
+                         "labels": [int(v["label"]) for v in data.train_videos]},
                         f"ingest/{TRAIN_VIDEOS_FILE}")
 
 
@@ -155,7 +116,7 @@ def _trainer(cfg: Config, data: TrainingData, callbacks: list[Any]) -> ray.train
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "class_names": data.class_names,
-                           "train_videos": data.train_videos, **data.loop},
+                           "train_videos": data.train_clips, "clock": data.clock},
         scaling_config=ray.train.ScalingConfig(**scaling),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=cfg.run.storage_path,
@@ -164,7 +125,7 @@ def _trainer(cfg: Config, data: TrainingData, callbacks: list[Any]) -> ray.train
                 controller_failure_limit=max(cfg.run.max_failures, 1)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks),
-        datasets=data.datasets or None,
+        datasets=data.datasets,   # split across the workers: one execution per epoch for all
     )
 
 

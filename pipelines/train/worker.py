@@ -1,8 +1,14 @@
 """The Ray Train worker loop: one process per worker, a plain PyTorch loop at heart.
 
 The Ray calls sit at its edges: :func:`ray.train.get_checkpoint` on entry (a restarted worker group
-or ``--resume`` continues from the last epoch), :func:`ray.train.report` with a checkpoint after
-every epoch. :mod:`pipelines.train.driver` is the driver that starts it.
+or ``--resume`` continues from the last epoch), :func:`ray.train.get_dataset_shard` for this
+worker's share of each epoch's clips (one Ray Data execution per epoch for all workers, see
+:mod:`pipelines.data.clips`), and :func:`ray.train.report` with a checkpoint after every epoch.
+:mod:`pipelines.train.driver` is the driver that starts it.
+
+Batches arrive as uint8 clips already augmented and at the model's size, prefetched, in pinned
+memory on GPUs; the float cast and normalisation run on the device. Gradient accumulation skips
+DDP's all-reduce on all but the last micro-step of each optimiser step.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ import math
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -26,135 +32,186 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from aim_core.backbones import build_model
-from aim_core.checkpoint import MODEL_FILE, save_model
+from aim_core.checkpoint import MODEL_FILE, read_model_file, save_model
 from aim_core.config import Config
 from aim_core.inference import Inference
-from aim_core.transforms import build_train_transform
+from aim_core.transforms import to_model_input
 
-from pipelines.data import ingest
 from pipelines.evaluation.evaluate import VideoScores, score_rows
-from pipelines.train.optimization import Precision, accumulation_steps, build_optimizer, build_scheduler
+from pipelines.train.optimization import (Precision, accumulation_steps, build_optimizer,
+                                          build_scheduler)
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 EVAL_FILE = "eval.json"
-EVAL_COLUMNS = ["video_id", "label", "frames"]
+TRAIN_DTYPES = {"frames": torch.uint8, "label": torch.int64, "video": torch.int64,
+                "decode_ms": torch.float32, "augment_ms": torch.float32}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = Config.from_dict(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.data.seed * 1000 + rank)
-    # One dataset per epoch: their progress bars would drown the line per epoch printed below.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-
-    model = build_model(cfg.model)
-    class_names: list[str] = config["class_names"]
-    ddp_model = ray.train.torch.prepare_model(model)
-    optimizer = build_optimizer(model, cfg.optim)
-    accum = accumulation_steps(cfg.optim, world)
-    steps_per_epoch = math.ceil(config["train_videos"] / world / cfg.optim.per_device_batch / accum)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch)
-    precision = Precision.for_device(device, cfg.optim.precision)
-    train_tf = build_train_transform(cfg.data, cfg.model.image_size)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.data.label_smoothing)
-
+    step = Step.build(cfg, world, config["train_videos"], device)
+    train_data, val_data = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     start_epoch, history, last_eval = 1, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            start_epoch, history, last_eval = _restore(Path(folder), model, optimizer, precision)
+            start_epoch, history, last_eval = _restore(Path(folder), step)
         log.info("rank %d resumed from the checkpoint of epoch %d", rank, start_epoch - 1)
 
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
-        scheduler.step(epoch - 1)
+        if rank == 0:  # before any worker asks for the epoch's first batch (see data.clips)
+            ray.get(config["clock"].set.remote(epoch))
         started = time.perf_counter()
-        batches = _train_batches(config, cfg, epoch, rank, world)
-        stats = _train_one_epoch(ddp_model, model, batches, train_tf, criterion, optimizer,
-                                 scheduler, precision, cfg, accum, device, epoch, steps_per_epoch)
-        seconds = time.perf_counter() - started
-        clips = _all_sum(stats["clips"], device)
-        metrics = {"epoch": epoch, "train_loss": _all_mean(stats["loss"], device),
-                   "train_top1": _all_mean(stats["top1"], device),
-                   "lr": optimizer.param_groups[0]["lr"], "clips_per_s": clips / seconds,
-                   "epoch_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device),
-                   "precision": precision.name}
+        stats = step.epoch(epoch, _batches(train_data, cfg, device))
+        metrics = _epoch_metrics(stats, step, epoch, time.perf_counter() - started, device)
         if epoch % cfg.optim.eval_every == 0 or epoch == cfg.optim.epochs:
-            last_eval = evaluate_shards(model, cfg, _val_rows(config, rank, world), device,
-                                        len(class_names))
-            last_eval["class_names"] = class_names
+            last_eval = evaluate_shards(step.model, cfg, val_data.iter_batches(
+                batch_size=cfg.optim.eval_batch_size, batch_format="numpy"), device,
+                len(config["class_names"]))
+            last_eval["class_names"] = config["class_names"]
             metrics.update({"val_top1": last_eval["top1"], "val_top5": last_eval["top5"],
                             "val_mean_class_acc": last_eval["mean_class_acc"]})
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
             report_ckpt = None
             if rank == 0:
-                _save(Path(folder), model, cfg, class_names, optimizer, precision,
-                      epoch, history, last_eval)
+                _save(Path(folder), step, cfg, config["class_names"], epoch, history, last_eval)
                 report_ckpt = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=report_ckpt)
 
 
-def _train_batches(config: dict[str, Any], cfg: Config, epoch: int, rank: int,
-                   world: int) -> Iterable[dict[str, np.ndarray]]:
-    """This worker's share of the epoch: fresh temporal samples per epoch in stream mode."""
-    batch = cfg.optim.per_device_batch
-    stream: ingest.ClipStream | None = config.get("train_stream")
-    if stream is not None:
-        ds = stream.dataset(epoch, shard=(rank, world), columns=ingest.TRAIN_COLUMNS)
-    else:
-        ds = ray.train.get_dataset_shard("train")
-    return ds.iter_batches(batch_size=batch, batch_format="numpy")
+def _batches(shard: Any, cfg: Config, device: torch.device) -> Iterable[dict[str, torch.Tensor]]:
+    return shard.iter_torch_batches(batch_size=cfg.optim.per_device_batch, dtypes=TRAIN_DTYPES,
+                                    device=device, pin_memory=device.type == "cuda",
+                                    prefetch_batches=cfg.data.prefetch_batches)
 
 
-def _val_rows(config: dict[str, Any], rank: int, world: int) -> Iterable[dict[str, np.ndarray]]:
-    stream: ingest.ClipStream | None = config.get("val_stream")
-    if stream is not None:
-        ds = stream.dataset(0, shard=(rank, world), columns=EVAL_COLUMNS)
-    else:
-        ds = ray.train.get_dataset_shard("val")
-    return ds.iter_batches(batch_size=16, batch_format="numpy")
+@dataclass
+class EpochStats:
+    loss: float = 0.0
+    correct: int = 0
+    clips: int = 0
+    decode_ms: float = 0.0
+    augment_ms: float = 0.0
+    input_wait_s: float = 0.0
 
 
-def _train_one_epoch(ddp_model, model, batches, transform, criterion, optimizer, scheduler,
-                     precision: Precision, cfg: Config, accum: int, device: torch.device,
-                     epoch: int, steps_per_epoch: int) -> dict[str, float]:
-    ddp_model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum = correct = seen = micro = 0
-    step = (epoch - 1) * steps_per_epoch
-    # Workers may get a batch more or less than each other; join() keeps DDP's all-reduces paired.
-    joined = ddp_model.join() if isinstance(ddp_model, DistributedDataParallel) else contextlib.nullcontext()
-    optimizer.zero_grad(set_to_none=True)
-    with joined:
-        for batch in batches:
-            clips = torch.stack([transform(np.asarray(f)) for f in batch["frames"]]).to(device)
-            labels = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
-            with precision.autocast():
-                logits = ddp_model(clips)
-                loss = criterion(logits.float(), labels)
-            precision.backward(loss / accum)
-            micro += 1
-            if micro % accum == 0:
-                precision.step(optimizer, params, cfg.optim.grad_clip)
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                scheduler.step_update(step)
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
-        if micro % accum:
-            precision.step(optimizer, params, cfg.optim.grad_clip)
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step_update(step + 1)
-    return {"loss": loss_sum / max(seen, 1), "top1": correct / max(seen, 1), "clips": seen}
+@dataclass
+class Step:
+    """The model, its DDP wrapper, optimiser, schedule, precision and loss: one training step."""
+
+    model: torch.nn.Module
+    ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    precision: Precision
+    criterion: torch.nn.Module
+    accum: int
+    steps_per_epoch: int
+    grad_clip: float | None
+
+    @classmethod
+    def build(cls, cfg: Config, world: int, train_videos: int, device: torch.device) -> Step:
+        model = build_model(cfg.model)
+        ddp = ray.train.torch.prepare_model(model)
+        optimizer = build_optimizer(model, cfg.optim)
+        accum = accumulation_steps(cfg.optim, world)
+        steps = math.ceil(train_videos / world / cfg.optim.per_device_batch / accum)
+        return cls(model, ddp, optimizer, build_scheduler(optimizer, cfg.optim, steps),
+                   Precision.for_device(device, cfg.optim.precision),
+                   torch.nn.CrossEntropyLoss(label_smoothing=cfg.data.label_smoothing), accum,
+                   steps, cfg.optim.grad_clip)
+
+    def epoch(self, epoch: int, batches: Iterable[dict[str, torch.Tensor]]) -> EpochStats:
+        self.scheduler.step(epoch - 1)
+        self.ddp.train()
+        stats, micro, updates = EpochStats(), 0, (epoch - 1) * self.steps_per_epoch
+        distributed = isinstance(self.ddp, DistributedDataParallel)
+        # Workers may get a batch more or less than each other; join() pairs DDP's all-reduces.
+        with self.ddp.join() if distributed else contextlib.nullcontext():
+            self.optimizer.zero_grad(set_to_none=True)
+            for batch in _timed(batches, stats):
+                micro += 1
+                last_micro = micro % self.accum == 0
+                with contextlib.nullcontext() if last_micro or not distributed else \
+                        self.ddp.no_sync():
+                    self._forward_backward(batch, stats)
+                if last_micro:
+                    updates += 1
+                    self._update(updates)
+        if self._pending_gradients(micro % self.accum, distributed):
+            self._update(updates + 1)
+        return stats
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor], stats: EpochStats) -> None:
+        clips, labels = to_model_input(batch["frames"]), batch["label"]
+        with self.precision.autocast():
+            logits = self.ddp(clips)
+            loss = self.criterion(logits.float(), labels)
+        self.precision.backward(loss / self.accum)
+        stats.loss += loss.item() * len(labels)
+        stats.correct += (logits.argmax(1) == labels).sum().item()
+        stats.clips += len(labels)
+        stats.decode_ms += float(batch["decode_ms"].sum())
+        stats.augment_ms += float(batch["augment_ms"].sum())
+
+    def _update(self, updates: int) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.precision.step(self.optimizer, params, self.grad_clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step_update(updates)
+
+    def _pending_gradients(self, pending: int, distributed: bool) -> bool:
+        """An epoch can end in the middle of an accumulation, whose micro-steps skipped DDP's
+        all-reduce: average those gradients over the workers by hand (every worker takes part,
+        pending or not), and say whether any worker had some."""
+        if not distributed:
+            return pending > 0
+        flag = torch.tensor([float(pending > 0)], device=_reduce_device())
+        dist.all_reduce(flag)
+        if not flag.item():
+            return False
+        for p in (p for p in self.model.parameters() if p.requires_grad):
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(grad)
+            p.grad = grad / dist.get_world_size()
+        return True
+
+
+def _timed(batches: Iterable[dict[str, torch.Tensor]], stats: EpochStats
+           ) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches, counting the time the loop waited for each (a starved device shows here)."""
+    iterator = iter(batches)
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        stats.input_wait_s += time.perf_counter() - started
+        yield batch
+
+
+def _epoch_metrics(stats: EpochStats, step: Step, epoch: int, seconds: float,
+                   device: torch.device) -> dict[str, Any]:
+    clips = _all_sum(stats.clips, device)
+    return {"epoch": epoch, "train_loss": _all_sum(stats.loss, device) / max(clips, 1),
+            "train_top1": _all_sum(stats.correct, device) / max(clips, 1),
+            "lr": step.optimizer.param_groups[0]["lr"], "clips_per_s": clips / seconds,
+            "epoch_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device),
+            "precision": step.precision.name,
+            "data_decode_ms_per_clip": _all_sum(stats.decode_ms, device) / max(clips, 1),
+            "data_augment_ms_per_clip": _all_sum(stats.augment_ms, device) / max(clips, 1),
+            "input_wait_s": _all_sum(stats.input_wait_s, device) / _world()}
 
 
 @torch.no_grad()
-def evaluate_shards(model, cfg: Config, rows: Iterable[dict[str, np.ndarray]],
+def evaluate_shards(model, cfg: Config, rows: Iterable[dict[str, Any]],
                     device: torch.device, num_classes: int) -> dict[str, Any]:
     """Multi-view evaluation over this worker's rows, merged across workers: every view counts
     exactly once whatever the sharding, because per-video sums are gathered before averaging."""
@@ -169,17 +226,23 @@ def evaluate_shards(model, cfg: Config, rows: Iterable[dict[str, np.ndarray]],
     return {**scores.meter(num_classes).compute(), "num_videos": len(scores.sums)}
 
 
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _reduce_device() -> torch.device:
+    """NCCL reduces on the rank's GPU, gloo on the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_sum(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
+    if _world() == 1:
         return float(value)
-    t = torch.tensor([float(value)], device=device if dist.get_backend() == "nccl" else "cpu")
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device())
     dist.all_reduce(t)
     return t.item()
-
-
-def _all_mean(value: float, device: torch.device) -> float:
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    return _all_sum(value, device) / world
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -188,28 +251,25 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _save(folder: Path, model, cfg: Config, class_names: list[str], optimizer,
-          precision: Precision, epoch: int, history: list[dict[str, Any]],
-          last_eval: dict[str, Any] | None) -> None:
-    save_model(folder, model, cfg, class_names, extra={"epoch": epoch})
-    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(),
-                "scaler": precision.scaler.state_dict() if precision.scaler else None,
-                "history": history}, folder / STATE_FILE)
+def _save(folder: Path, step: Step, cfg: Config, class_names: list[str], epoch: int,
+          history: list[dict[str, Any]], last_eval: dict[str, Any] | None) -> None:
+    save_model(folder, step.model, cfg, class_names, extra={"epoch": epoch})
+    scaler = step.precision.scaler
+    torch.save({"epoch": epoch, "optimizer": step.optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None, "history": history},
+               folder / STATE_FILE)
     if last_eval is not None:
         (folder / EVAL_FILE).write_text(json.dumps(last_eval))
 
 
-def _restore(folder: Path, model, optimizer, precision: Precision
-             ) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
-    from aim_core.checkpoint import read_model_file
-
-    payload = read_model_file(folder / MODEL_FILE)
-    model.load_state_dict(payload["state_dict"], strict=False)
+def _restore(folder: Path, step: Step) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None]:
+    step.model.load_state_dict(read_model_file(folder / MODEL_FILE)["state_dict"], strict=False)
     state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    step.optimizer.load_state_dict(state["optimizer"])
     # The schedule is a pure function of the epoch/step, rebuilt from the current config, so a
     # resumed run may also be extended (--resume with a larger optim.epochs).
-    if precision.scaler and state["scaler"]:
-        precision.scaler.load_state_dict(state["scaler"])
-    last_eval = json.loads((folder / EVAL_FILE).read_text()) if (folder / EVAL_FILE).exists() else None
+    if step.precision.scaler and state["scaler"]:
+        step.precision.scaler.load_state_dict(state["scaler"])
+    eval_file = folder / EVAL_FILE
+    last_eval = json.loads(eval_file.read_text()) if eval_file.exists() else None
     return state["epoch"] + 1, state["history"], last_eval

@@ -1,0 +1,221 @@
+"""The clips training and evaluation consume: Ray Data pipelines that decode and augment in CPU
+tasks, executed once per epoch for all training workers.
+
+Training hands these datasets to the ``TorchTrainer``; each worker reads its share through
+``ray.train.get_dataset_shard`` (a streaming split), so one execution per epoch feeds every worker
+and each video is decoded exactly once per epoch, by whichever task gets it. The decode tasks run
+the whole train transform (crop, flip where allowed, RandAugment, erasing, resize to the model's
+size) and hand over ``uint8 (T, S, S, 3)`` clips; the worker casts and normalises them on its
+device (:func:`aim_core.transforms.to_model_input`).
+
+What changes between epochs comes from the :class:`EpochClock`: rank 0 sets the epoch before the
+epoch's first batch is asked for, and a split's execution starts only when every worker has asked,
+so every task of an epoch reads the same number. With it, a video's temporal sample (stream mode),
+its augmentation, and the grouping of videos into tasks are functions of ``(data.seed, epoch,
+video_id)``: an epoch is reproducible whatever the number of workers or tasks; which worker gets a
+video is not (the split hands blocks out as workers ask).
+
+Rows::
+
+    training    frames: uint8 (T, S, S, 3)   label: int64   video: int64 (its index in the
+                scanned list)   decode_ms, augment_ms: float32 (CPU time the task spent on it)
+    evaluation  video_id: str   label: int64   view: int32   views: uint8 (crops, T, S, S, 3)
+
+Evaluation rows are one per temporal view (its spatial crops together); evaluation sums the
+probabilities of a video's views, wherever they land, before averaging.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from functools import lru_cache
+from typing import Any, Iterator
+
+import numpy as np
+import ray
+import torch
+
+from aim_core.config import Config, DataConfig
+from aim_core.transforms import build_test_transform, build_train_transform
+from aim_core.video import (Keyframes, clip_indices, decode_frames, open_video_source,
+                            probe_video)
+
+from pipelines.data.scan import blocks, decode_task_resources, failure_reason
+
+log = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ["frames", "label", "video", "decode_ms", "augment_ms"]
+EVAL_COLUMNS = ["video_id", "label", "view", "views"]
+
+
+@ray.remote(num_cpus=0)
+class EpochClock:
+    """The epoch the decode tasks work for (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get(self) -> int:
+        return self.epoch
+
+
+def decode_views(video: dict[str, Any], data: DataConfig, clip_len: int, train: bool,
+                 epoch: int) -> np.ndarray:
+    """uint8 ``(V, T, H, W, 3)``: the one training view or the test views of a video, decoded at
+    ``data.short_side``. Indices come from ``(seed, epoch, video_id)``, so a clip does not depend
+    on which task or batch the video lands in; all views are decoded in one pass."""
+    rng = np.random.default_rng(clip_seed(data.seed, epoch, str(video["video_id"])))
+    with open_video_source(str(video["path"])) as source:
+        n = int(video["num_frames"]) if video.get("num_frames") else probe_video(source).num_frames
+        views = clip_indices(data, n, clip_len, train=train, rng=rng)
+        frames = decode_frames(source, [i for v in views for i in v], short_side=data.short_side,
+                               threads=data.decode_threads, keyframes=_keyframes(video))
+    return frames.reshape(len(views), clip_len, *frames.shape[1:])
+
+
+def _keyframes(video: dict[str, Any]) -> Keyframes | None:
+    """The keyframe table the scan recorded, if any (else decode_frames finds it itself)."""
+    indices = video.get("keyframe_indices")
+    return None if indices is None or not len(indices) else Keyframes(indices,
+                                                                        video["keyframe_pts"])
+
+
+def clip_seed(seed: int, epoch: int, video_id: str) -> list[int]:
+    return [seed, epoch, zlib.crc32(video_id.encode())]
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The videos of an epoch in the order the slots take them: a new grouping every epoch."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+def training_dataset(cfg: Config, videos: list[dict[str, Any]], clock: Any) -> ray.data.Dataset:
+    """One augmented clip per readable video, every execution (epoch) a fresh sample."""
+    slots = ray.data.range(len(videos), override_num_blocks=blocks(len(videos),
+                                                                   cfg.data.videos_per_task))
+    return slots.map_batches(
+        _training_clips, batch_size=cfg.data.videos_per_task, **decode_task_resources(cfg),
+        fn_kwargs={"videos": videos, "data": cfg.data, "clip_len": cfg.model.num_frames,
+                   "image_size": cfg.model.image_size, "clock": clock})
+
+
+def _training_clips(batch: dict[str, np.ndarray], *, videos: list[dict[str, Any]],
+                    data: DataConfig, clip_len: int, image_size: int, clock: Any
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    epoch = ray.get(clock.get.remote())
+    order = _epoch_order(len(videos), data.seed, epoch)
+    transform = build_train_transform(data, image_size)
+    picked = [int(order[slot]) for slot in batch["id"]]
+    rows = [(i, _augmented(videos[i], data, clip_len, transform, epoch)) for i in picked]
+    rows = [(i, r) for i, r in rows if r is not None]
+    if rows:  # a generator may yield nothing: no empty batch with a made-up frame shape
+        yield {"frames": np.stack([r[0] for _, r in rows]),
+               "label": np.array([r[1] for _, r in rows], np.int64),
+               "video": np.array([i for i, _ in rows], np.int64),
+               "decode_ms": np.array([r[2] for _, r in rows], np.float32),
+               "augment_ms": np.array([r[3] for _, r in rows], np.float32)}
+
+
+def _augmented(video: dict[str, Any], data: DataConfig, clip_len: int, transform: Any,
+               epoch: int) -> tuple[np.ndarray, int, float, float] | None:
+    """``(clip, label, decode CPU ms, augment CPU ms)``, or None for a file that became
+    unreadable since the scan (logged, skipped)."""
+    started = time.process_time()
+    try:
+        (frames,) = decode_views(video, data, clip_len, train=True, epoch=epoch)
+    except Exception as exc:  # one bad file must not cost the others
+        log.warning("skipping %s: %s", video["path"], failure_reason(exc, str(video["path"])))
+        return None
+    decoded = time.process_time()
+    torch.manual_seed(np.random.default_rng(clip_seed(data.seed, epoch,
+                                                      str(video["video_id"]))).integers(2 ** 62))
+    clip = transform(frames).numpy()
+    return clip, int(video["label"]), 1e3 * (decoded - started), 1e3 * (time.process_time() -
+                                                                          decoded)
+
+
+def shard_training_dataset(cfg: Config, shards: ray.data.Dataset, clock: Any) -> ray.data.Dataset:
+    """Stored clips (parquet mode), augmented afresh every epoch, shards in a new order."""
+    return shards.randomize_block_order().map_batches(
+        _augmented_shard_rows, batch_size=cfg.data.videos_per_task, **decode_task_resources(cfg),
+        fn_kwargs={"data": cfg.data, "image_size": cfg.model.image_size, "clock": clock})
+
+
+def _augmented_shard_rows(batch: dict[str, np.ndarray], *, data: DataConfig, image_size: int,
+                          clock: Any) -> dict[str, np.ndarray]:
+    epoch = ray.get(clock.get.remote())
+    transform = build_train_transform(data, image_size)
+    clips, times = [], []
+    for video_id, frames in zip(batch["video_id"], batch["frames"]):
+        started = time.process_time()
+        seed = np.random.default_rng(clip_seed(data.seed, epoch, str(video_id))).integers(2 ** 62)
+        torch.manual_seed(seed)
+        clips.append(transform(np.asarray(frames)).numpy())
+        times.append(1e3 * (time.process_time() - started))
+    return {"frames": np.stack(clips), "label": batch["label"].astype(np.int64),
+            "video": np.full(len(clips), -1, np.int64),
+            "decode_ms": np.zeros(len(clips), np.float32),
+            "augment_ms": np.array(times, np.float32)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+def evaluation_dataset(cfg: Config, videos: list[dict[str, Any]]) -> ray.data.Dataset:
+    """The test views of every readable video, cropped to the model's size in the decode tasks."""
+    items = ray.data.from_items(videos, override_num_blocks=blocks(len(videos),
+                                                                   cfg.data.videos_per_task))
+    return items.map_batches(
+        _test_views, batch_size=cfg.data.videos_per_task, **decode_task_resources(cfg),
+        fn_kwargs={"data": cfg.data, "clip_len": cfg.model.num_frames,
+                   "image_size": cfg.model.image_size})
+
+
+def _test_views(batch: dict[str, np.ndarray], *, data: DataConfig, clip_len: int,
+                image_size: int) -> Iterator[dict[str, np.ndarray]]:
+    transform = build_test_transform(data, image_size)
+    rows = []
+    for i, video_id in enumerate(batch["video_id"]):
+        video = {k: batch[k][i] for k in batch}
+        try:
+            clips = decode_views(video, data, clip_len, train=False, epoch=0)
+        except Exception as exc:
+            log.warning("skipping %s: %s", video["path"], failure_reason(exc, str(video["path"])))
+            continue
+        rows += [(str(video_id), int(video["label"]), view, transform(clip).numpy())
+                 for view, clip in enumerate(clips)]
+    if rows:
+        yield _evaluation_rows(rows)
+
+
+def shard_evaluation_dataset(cfg: Config, shards: ray.data.Dataset) -> ray.data.Dataset:
+    """Stored test views (parquet mode), cropped to the model's size in CPU tasks."""
+    return shards.map_batches(_cropped_shard_rows, batch_size=cfg.data.videos_per_task,
+                              **decode_task_resources(cfg),
+                              fn_kwargs={"data": cfg.data, "image_size": cfg.model.image_size})
+
+
+def _cropped_shard_rows(batch: dict[str, np.ndarray], *, data: DataConfig, image_size: int
+                        ) -> dict[str, np.ndarray]:
+    transform = build_test_transform(data, image_size)
+    return _evaluation_rows([(str(v), int(label), int(view), transform(np.asarray(f)).numpy())
+                             for v, label, view, f in zip(batch["video_id"], batch["label"],
+                                                          batch["view"], batch["frames"])])
+
+
+def _evaluation_rows(rows: list[tuple[str, int, int, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {"video_id": np.array([r[0] for r in rows], dtype=object),
+            "label": np.array([r[1] for r in rows], np.int64),
+            "view": np.array([r[2] for r in rows], np.int32),
+            "views": np.stack([r[3] for r in rows])}

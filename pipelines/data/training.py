@@ -1,0 +1,66 @@
+"""The data a training run reads: its two Ray datasets, the epoch clock, the class names, and the
+reports of what was left out, in stream and parquet modes alike.
+
+- ``stream``: every readable video once per epoch, a fresh temporal sample and augmentation each
+  time (:func:`pipelines.data.clips.training_dataset`);
+- ``parquet``: the clips stored by ``aim-video ingest``, augmented afresh each epoch
+  (:func:`pipelines.data.clips.shard_training_dataset`).
+
+Validation is the test views of the val split either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from aim_core.annotations import AnnotationError
+from aim_core.config import Config
+
+from pipelines import console
+from pipelines.data import clips, shards
+from pipelines.data.scan import read_videos
+
+
+@dataclass
+class TrainingData:
+    datasets: dict[str, ray.data.Dataset]     # "train" and "val", split across the workers
+    clock: Any                                # the EpochClock actor the decode tasks read
+    class_names: list[str]
+    train_clips: int                          # per epoch: the steps per epoch follow from it
+    train_videos: list[dict[str, Any]]        # the videos trained on (data-fraction studies)
+    reports: dict[str, dict[str, Any]]        # ingest reports by split
+
+
+def training_data(cfg: Config) -> TrainingData:
+    """Scan (stream) or store (parquet) both splits, report them, and build the datasets."""
+    clock = clips.EpochClock.remote()
+    if cfg.data.mode == "parquet":
+        return _from_shards(cfg, clock)
+    train, class_map, train_report = read_videos(cfg, "train")
+    val, _, val_report = read_videos(cfg, "val", class_map)
+    for report in (train_report, val_report):
+        console.say(report.summary())
+    if not train:
+        raise AnnotationError(f"data.root: no readable training video under {cfg.data.root} "
+                              f"(see the ingest report above)")
+    return TrainingData({"train": clips.training_dataset(cfg, train, clock),
+                         "val": clips.evaluation_dataset(cfg, val)}, clock, class_map.names,
+                        len(train), train, {"train": train_report.to_dict(),
+                                            "val": val_report.to_dict()})
+
+
+def _from_shards(cfg: Config, clock: Any) -> TrainingData:
+    out = shards.default_output_dir(cfg)
+    folders = {split: shards.materialize(cfg, split, out) for split in ("train", "val")}
+    reports = {split: shards.read_report(folder) for split, folder in folders.items()}
+    for report in reports.values():
+        console.say(report.summary())
+    stored = {split: shards.read_shards(folder) for split, folder in folders.items()}
+    class_map = shards.load_class_map(out)
+    return TrainingData({"train": clips.shard_training_dataset(cfg, stored["train"], clock),
+                         "val": clips.shard_evaluation_dataset(cfg, stored["val"])}, clock,
+                        class_map.names, reports["train"].clips or 0, [],
+                        {split: r.to_dict() for split, r in reports.items()})
