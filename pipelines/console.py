@@ -30,11 +30,16 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class _LogStream:
     """What libraries print to ``sys.stdout`` / ``sys.stderr`` during a quiet command: each line
-    becomes a log record (Ray's and Tune's prints, MLflow's ``Successfully registered model``)."""
+    becomes a log record (Ray's and Tune's prints, MLflow's ``Successfully registered model``).
 
-    def __init__(self, name: str) -> None:
+    ``fileno`` is the real stream's: what writes to the descriptor itself (``faulthandler``, which
+    ``ray.init`` enables, and C code) bypasses ``sys.stdout`` anyway, and a crash report belongs
+    on the terminal."""
+
+    def __init__(self, name: str, real) -> None:
         self._logger = logging.getLogger(f"console.{name}")
         self._pending = ""
+        self._real = real
 
     def write(self, text: str) -> int:
         self._pending += text
@@ -49,6 +54,9 @@ class _LogStream:
 
     def isatty(self) -> bool:
         return False
+
+    def fileno(self) -> int:
+        return self._real.fileno()
 
 
 class _State:
@@ -83,7 +91,7 @@ def start(command: str, verbose: bool) -> None:
             logging.getLogger(name).propagate = True
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", str(verbose).lower())
     if not verbose:
-        sys.stdout, sys.stderr = _LogStream("stdout"), _LogStream("stderr")
+        sys.stdout, sys.stderr = _LogStream("stdout", sys.stdout), _LogStream("stderr", sys.stderr)
     capture_library_logs()
 
 

@@ -230,8 +230,9 @@ def test_an_interrupted_sweep_resumes_without_retraining_finished_trials(
     finished = {t: r for t, r in before.items() if "final_top1" in r.data.metrics}
     half_way = [t for t in before if t not in finished]
     assert len(finished) == 1 and len(half_way) == 1
-    train_dir = Path(first.path) / "train"
-    checkpoints = {t: sorted(p.name for p in (train_dir / t).glob("checkpoint_*")) for t in before}
+    train_dir = Path(first.path) / "train"            # Train runs are named like the trials' runs
+    checkpoints = {t: sorted(p.name for p in (train_dir / r.info.run_name).glob("checkpoint_*"))
+                   for t, r in before.items()}
     assert checkpoints[half_way[0]]                   # it had an epoch-1 checkpoint to resume from
 
     second = run_sweep(meta, resume=True)
@@ -241,7 +242,8 @@ def test_an_interrupted_sweep_resumes_without_retraining_finished_trials(
     assert len(after) == 2                            # the half-way trial kept its run
     (done_id, done_run), = finished.items()           # the finished trial was not trained again
     assert after[done_id].data.metrics["final_top1"] == done_run.data.metrics["final_top1"]
-    assert sorted(p.name for p in (train_dir / done_id).glob("checkpoint_*")) == checkpoints[done_id]
+    assert sorted(p.name for p in (train_dir / done_run.info.run_name).glob("checkpoint_*")) == \
+        checkpoints[done_id]
     for run in after.values():                        # no epoch ran twice, the half-way one included
         assert run.info.status == "FINISHED"
         assert epochs_logged(run.info.run_id) == [1, 2]
