@@ -1,4 +1,5 @@
-"""Video lists and labels from the four annotation formats, plus stratified splits and subsets.
+"""Video lists and labels from the four annotation formats and from prepared sets (written by
+``aim-video prepare``, :mod:`aim_core.manifest`), plus stratified splits and subsets.
 
 Everything downstream (ingest, train, evaluate, predict) sees the same two things: a list of
 :class:`VideoRecord` and a :class:`ClassMap`. The class map is saved with every data set and passed
@@ -32,6 +33,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from aim_core.config import DATASET_FORMATS, DataConfig
+from aim_core.manifest import DatasetManifest, ManifestError
 from aim_core.storage import Location, is_uri, join
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -294,8 +296,30 @@ def _load_ssv2_json(cfg: DataConfig, split: str, class_map: ClassMap | None) -> 
     return Split(records, class_map, rejected)
 
 
+def _load_prepared(cfg: DataConfig, split: str, class_map: ClassMap | None) -> Split:
+    """A set written by ``aim-video prepare``: splits and labels from ``root/manifest.json``, the
+    files under root. An entry whose path would lead out of root is rejected, never followed."""
+    try:
+        manifest = DatasetManifest.load(cfg.root)
+    except ManifestError as exc:
+        raise AnnotationError(f"data.root: {exc}") from None
+    class_map = class_map or ClassMap(manifest.classes)
+    records, rejected = [], []
+    for entry in manifest.split(split):
+        rel = PurePosixPath(entry.path)
+        if is_uri(entry.path) or rel.is_absolute() or ".." in rel.parts:
+            rejected.append((entry.path, f"manifest path leads out of {cfg.root}"))
+        elif entry.label_name not in class_map:
+            rejected.append((join(cfg.root, entry.path),
+                             f"label {entry.label_name!r} is not in the class map"))
+        else:
+            records.append(VideoRecord(join(cfg.root, entry.path), class_map.index(entry.label_name),
+                                       entry.video_id, entry.label_name))
+    return Split(records, class_map, rejected)
+
+
 _LOADERS = {"folder": _load_folder, "kinetics_csv": _load_kinetics_csv, "list": _load_list,
-            "ssv2_json": _load_ssv2_json}
+            "ssv2_json": _load_ssv2_json, "prepared": _load_prepared}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin
@@ -122,7 +123,7 @@ class ModelConfig:
                self.head_dropout)
 
 
-DATASET_FORMATS = ("folder", "kinetics_csv", "list", "ssv2_json")
+DATASET_FORMATS = ("folder", "kinetics_csv", "list", "ssv2_json", "prepared")
 SAMPLERS = ("dense", "uniform", "uniform_tsn")
 
 
@@ -173,7 +174,8 @@ class DataConfig:
     """Where the videos are, how they are labelled, and how clips are drawn from them."""
 
     root: str = "demo_data/videos"
-    format: Literal["folder", "kinetics_csv", "list", "ssv2_json"] = "folder"
+    # prepared: a set written by `aim-video prepare` (root: its folder, splits from its manifest)
+    format: Literal["folder", "kinetics_csv", "list", "ssv2_json", "prepared"] = "folder"
     # Annotation files by split (format-dependent: CSV, list file, SSv2 JSON); empty for `folder`.
     train_annotations: str | None = None
     val_annotations: str | None = None
@@ -289,6 +291,52 @@ STORAGE_PATH_ENV = "AIM_STORAGE_PATH"
 DEFAULT_STORAGE_PATH = "aim_runs"
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow")
+
+
+@dataclass
+class PrepareConfig:
+    """How ``aim-video prepare`` stores a data set once for training (see :mod:`aim_core.prepared`
+    for the trade-off behind the defaults)."""
+
+    output: str | None = None   # folder or URI of the prepared set; None: <data.root>-prepared
+    codec: Literal["h264", "jpeg"] = "h264"
+    short_side: int = 256       # pixels; even, as H.264's 4:2:0 chroma needs
+    fps: float = 30.0           # frames per second of every prepared video
+    gop: int = 2                # h264: a keyframe every this many frames (1: all-intra)
+    bframes: int = 0            # h264: after a seek, B-frames make the decoder run past the frame
+    fast_decode: bool = True    # h264: x264's tune=fastdecode (CAVLC, no deblocking)
+    crf: int = 18               # h264: x264's constant rate factor (18: visually lossless)
+    preset: Literal[X264_PRESETS] = "fast"  # type: ignore[valid-type]  # h264: speed/size
+    jpeg_quality: int = 90      # jpeg: libjpeg quality, 1-100
+
+    def validate(self, path: str = "prepare") -> "PrepareConfig":
+        _check(self.short_side >= 2 and self.short_side % 2 == 0, f"{path}.short_side",
+               "an even integer >= 2", self.short_side)
+        _check(0 < self.fps <= 240, f"{path}.fps", "a number in (0, 240]", self.fps)
+        _check(self.gop >= 1, f"{path}.gop", "a positive integer", self.gop)
+        _check(0 <= self.bframes <= 16, f"{path}.bframes", "an integer in [0, 16]", self.bframes)
+        _check(0 <= self.crf <= 51, f"{path}.crf", "an integer in [0, 51]", self.crf)
+        _check(1 <= self.jpeg_quality <= 100, f"{path}.jpeg_quality", "an integer in [1, 100]",
+               self.jpeg_quality)
+        return self
+
+    @property
+    def suffix(self) -> str:
+        """The file name ending of this codec's files."""
+        return ".mp4" if self.codec == "h264" else ".zip"
+
+    @property
+    def rate(self) -> Fraction:
+        """``fps`` as a fraction of denominator at most 1001 (29.97003 gives NTSC's 30000/1001)."""
+        return Fraction(self.fps).limit_denominator(1001)
+
+    def storage(self) -> dict[str, Any]:
+        """The settings that decide the prepared files' bytes (all but where they go)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "output"}
+
+
 def default_storage_path() -> str:
     """``$AIM_STORAGE_PATH`` when set (the cluster manifests set it in every pod), else aim_runs.
 
@@ -313,6 +361,7 @@ class RunConfig:
     mlflow_experiment: str = "aim-video"
     tracking_uri: str | None = None         # None: $MLFLOW_TRACKING_URI or the local sqlite store
     print_every: int = 1                    # a console line every N epochs (and the last)
+    system_metrics_s: float = 10.0          # MLflow system metrics from rank 0 every N s; 0: off
     register_as: str | None = None          # register the trained model under this name
     register_alias: str = "champion"        # ... and point this alias at it
 
@@ -326,6 +375,8 @@ class RunConfig:
         _check(self.max_failures >= 0, f"{path}.max_failures", "a non-negative integer",
                self.max_failures)
         _check(self.print_every > 0, f"{path}.print_every", "a positive integer", self.print_every)
+        _check(self.system_metrics_s >= 0, f"{path}.system_metrics_s", "a number >= 0 (0: off)",
+               self.system_metrics_s)
 
 
 @dataclass
@@ -334,6 +385,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
     def validate(self) -> "Config":
         _validate_tree(self, "")

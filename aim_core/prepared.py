@@ -38,63 +38,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .config import ConfigError
+from .config import PrepareConfig
 from .frame_archive import write_frame_archive
 from .storage import Location, is_uri
 from .video import Keyframes, Source, iter_frames, probe_video
-
-CODECS = ("h264", "jpeg")
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                "slower", "veryslow")
-
-
-@dataclass
-class StorageFormat:
-    """How a prepared data set stores its videos (see the module docstring for the trade-off)."""
-
-    codec: str = "h264"        # h264 | jpeg
-    short_side: int = 256      # pixels; even, as H.264's 4:2:0 chroma needs
-    fps: float = 30.0          # frames per second of every prepared video
-    gop: int = 2               # h264: a keyframe every this many frames (1: all-intra)
-    bframes: int = 0           # h264: after a seek, B-frames make the decoder run past the frame
-    fast_decode: bool = True   # h264: x264's tune=fastdecode (CAVLC, no deblocking)
-    crf: int = 18              # h264: x264's constant rate factor (18: visually lossless)
-    preset: str = "fast"       # h264: x264's speed/size trade-off; decoding speed barely moves
-    jpeg_quality: int = 90     # jpeg: libjpeg quality, 1-100
-
-    def validate(self, path: str = "prepare") -> StorageFormat:
-        """Raise :class:`ConfigError` naming the dotted field of the first bad value."""
-        checks = [
-            (self.codec in CODECS, "codec", f"one of {list(CODECS)}", self.codec),
-            (isinstance(self.short_side, int) and self.short_side >= 2 and self.short_side % 2 == 0,
-             "short_side", "an even integer >= 2", self.short_side),
-            (isinstance(self.fps, (int, float)) and 0 < self.fps <= 240, "fps",
-             "a number in (0, 240]", self.fps),
-            (isinstance(self.gop, int) and self.gop >= 1, "gop", "a positive integer", self.gop),
-            (isinstance(self.bframes, int) and 0 <= self.bframes <= 16, "bframes",
-             "an integer in [0, 16]", self.bframes),
-            (isinstance(self.fast_decode, bool), "fast_decode", "true or false", self.fast_decode),
-            (isinstance(self.crf, int) and 0 <= self.crf <= 51, "crf", "an integer in [0, 51]",
-             self.crf),
-            (self.preset in X264_PRESETS, "preset", f"one of {list(X264_PRESETS)}", self.preset),
-            (isinstance(self.jpeg_quality, int) and 1 <= self.jpeg_quality <= 100,
-             "jpeg_quality", "an integer in [1, 100]", self.jpeg_quality),
-        ]
-        for ok, field, allowed, value in checks:
-            if not ok:
-                raise ConfigError(f"{path}.{field}: expected {allowed}, got {value!r}")
-        return self
-
-    @property
-    def suffix(self) -> str:
-        """The file name ending for this codec's files."""
-        return ".mp4" if self.codec == "h264" else ".zip"
-
-    @property
-    def rate(self) -> Fraction:
-        """``fps`` as a fraction of denominator at most 1001 (29.97003 gives NTSC's 30000/1001)."""
-        return Fraction(self.fps).limit_denominator(1001)
-
 
 @dataclass(frozen=True)
 class PreparedVideo:
@@ -140,7 +87,7 @@ def resample(frames: Iterable[tuple[Fraction, np.ndarray]], rate: Fraction,
 
 
 def prepare_video(source: Source | np.ndarray, dest: str | os.PathLike[str],
-                  fmt: StorageFormat, *, source_fps: float | None = None) -> PreparedVideo:
+                  fmt: PrepareConfig, *, source_fps: float | None = None) -> PreparedVideo:
     """Convert one video into prepared storage at ``dest`` (a local path or a URI).
 
     ``source`` is a video file (or file-like), or uint8 RGB ``(T, H, W, 3)`` frames shown at
@@ -199,7 +146,7 @@ def _resized(frames: np.ndarray, rate: Fraction, size: tuple[int, int]
 
 
 def _write(frames: Iterable[np.ndarray], path: str, size: tuple[int, int],
-           fmt: StorageFormat) -> None:
+           fmt: PrepareConfig) -> None:
     if fmt.codec == "jpeg":
         write_frame_archive(path, frames, float(fmt.rate), quality=fmt.jpeg_quality)
     else:
@@ -207,7 +154,7 @@ def _write(frames: Iterable[np.ndarray], path: str, size: tuple[int, int],
 
 
 def write_h264(path: str, frames: Iterable[np.ndarray], size: tuple[int, int],
-               fmt: StorageFormat) -> None:
+               fmt: PrepareConfig) -> None:
     """Encode RGB frames of ``size`` as MP4/H.264 with a keyframe exactly every ``fmt.gop``.
 
     Scene-cut keyframes are off so the seek cost is the same everywhere; x264's GOPs are closed
@@ -228,7 +175,7 @@ def write_h264(path: str, frames: Iterable[np.ndarray], size: tuple[int, int],
         container.mux(stream.encode())
 
 
-def _describe_file(local: str, name: str, fmt: StorageFormat) -> PreparedVideo:
+def _describe_file(local: str, name: str, fmt: PrepareConfig) -> PreparedVideo:
     info = probe_video(local, keyframes=fmt.codec == "h264")
     digest = hashlib.sha256()
     with open(local, "rb") as handle:

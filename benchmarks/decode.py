@@ -41,9 +41,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aim_core.video as video  # noqa: E402
-from aim_core.config import DataConfig  # noqa: E402
+from aim_core.config import DataConfig, PrepareConfig  # noqa: E402
 from aim_core.frame_archive import META_NAME, frame_name  # noqa: E402
-from aim_core.prepared import StorageFormat, prepare_video  # noqa: E402
+from aim_core.prepared import prepare_video  # noqa: E402
 from aim_core.transforms import build_train_transform  # noqa: E402
 from aim_core.video import (Keyframes, decode_frames, dense_indices, iter_frames,  # noqa: E402
                             probe_video)
@@ -53,7 +53,7 @@ NUM_FRAMES = 300   # 10 s at 30 fps
 CLIP_LEN, INTERVAL = 8, 16
 IMAGE_SIZE = 224
 TARGET_CLIPS_PER_S = 400
-DEFAULT = StorageFormat()  # gop 2, no B-frames, tune fastdecode, crf 18, at the raw short side/rate
+DEFAULT = PrepareConfig()  # gop 2, no B-frames, tune fastdecode, crf 18, at the raw short side/rate
 PREPARED = {  # name: storage form; the H.264 ones differ from the default in what the name says
     "h264 gop 16": replace(DEFAULT, gop=16),
     "h264 gop 8": replace(DEFAULT, gop=8),
@@ -62,8 +62,8 @@ PREPARED = {  # name: storage form; the H.264 ones differ from the default in wh
     "h264 all-intra": replace(DEFAULT, gop=1),
     "h264 gop 4, 3 B-frames": replace(DEFAULT, gop=4, bframes=3),
     "h264 gop 4, CABAC+deblock": replace(DEFAULT, gop=4, fast_decode=False),
-    "jpeg q75 zip": StorageFormat(codec="jpeg", jpeg_quality=75),
-    "jpeg q90 zip": StorageFormat(codec="jpeg", jpeg_quality=90),
+    "jpeg q75 zip": PrepareConfig(codec="jpeg", jpeg_quality=75),
+    "jpeg q90 zip": PrepareConfig(codec="jpeg", jpeg_quality=90),
 }
 SCANNED = "h264 gop 2"  # also read with its keyframes found per clip, as without a manifest
 

@@ -137,8 +137,26 @@ def _ingest(args: argparse.Namespace) -> int:
     from pipelines.data.ingest import run_ingest
     from pipelines.runtime import absolute_paths, ensure_ray
 
+    from pipelines.preflight import check_data_location
+
+    cfg = load_config(args)
     ensure_ray()
-    run_ingest(absolute_paths(load_config(args)), args.out)
+    check_data_location(cfg)
+    run_ingest(absolute_paths(cfg), args.out)
+    return 0
+
+
+@command("prepare", "convert the data set once into training-friendly storage with a dataset "
+         "manifest (resumable; settings in the config's prepare section)", add_config_args)
+def _prepare(args: argparse.Namespace) -> int:
+    from pipelines.data.prepare import run_prepare
+    from pipelines.preflight import check_data_location
+    from pipelines.runtime import absolute_paths, ensure_ray
+
+    cfg = load_config(args)
+    ensure_ray()
+    check_data_location(cfg)
+    run_prepare(absolute_paths(cfg))
     return 0
 
 

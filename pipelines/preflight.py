@@ -188,7 +188,8 @@ def _s3_filesystem(pafs: Any, bucket: str, query: dict[str, list[str]], timeout_
 # Set by Ray's job supervisor in the environment of a job's entrypoint (and nowhere else), see
 # ray/dashboard/modules/job/job_supervisor.py: _get_driver_env_vars.
 RAY_JOB_DRIVER_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-DATA_PATH_FIELDS = ("root", "train_annotations", "val_annotations", "labels_file", "shards_dir")
+DATA_PATH_FIELDS = ("data.root", "data.train_annotations", "data.val_annotations",
+                    "data.labels_file", "data.shards_dir", "prepare.output")
 
 
 def shared_data_reason(environ: Mapping[str, str] | None = None) -> str | None:
@@ -214,7 +215,7 @@ def shared_data_reason(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def check_data_location(cfg: Config, environ: Mapping[str, str] | None = None) -> None:
-    """Raise :class:`DataLocationError` naming the first relative ``data.*`` path, when
+    """Raise :class:`DataLocationError` naming the first relative data path, when
     :func:`shared_data_reason` says the run needs paths every node shares.
 
     Absolute paths (``~`` expanded) and URIs (``s3://``, ``gs://``) pass; so does everything on a
@@ -224,10 +225,11 @@ def check_data_location(cfg: Config, environ: Mapping[str, str] | None = None) -
     if reason is None:
         return
     for name in DATA_PATH_FIELDS:
-        value = getattr(cfg.data, name)
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
         if value and not is_uri(value) and not os.path.isabs(os.path.expanduser(value)):
             raise DataLocationError(
-                f"data.{name}: {value!r} is a relative path, but {reason}; give an absolute path "
+                f"{name}: {value!r} is a relative path, but {reason}; give an absolute path "
                 "that every node mounts or a bucket URI (s3://..., gs://...)")
 
 

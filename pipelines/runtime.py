@@ -163,7 +163,8 @@ def absolute_paths(cfg: Config) -> Config:
             raise FileNotFoundError(f"model.backbone.pretrained: weights file not found: {pretrained}")
     model = replace(cfg.model, backbone=replace(backbone, pretrained=pretrained))
     return replace(cfg, data=data, model=model,
-                   run=replace(cfg.run, storage_path=absolute(cfg.run.storage_path)))
+                   run=replace(cfg.run, storage_path=absolute(cfg.run.storage_path)),
+                   prepare=replace(cfg.prepare, output=absolute(cfg.prepare.output)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -301,8 +301,9 @@ def test_the_rayjob_entrypoint_reaches_the_configmaps_data_and_storage(mode, tmp
     assert (cfg.data.root, cfg.data.train_annotations, cfg.data.val_annotations) == \
         (f"{root}/videos", f"{root}/annotations/train.csv", f"{root}/annotations/validate.csv")
     for name in DATA_PATH_FIELDS:
-        value = getattr(cfg.data, name)
-        assert value is None or value.startswith(root), f"data.{name}: {value!r} not under {root}"
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        assert value is None or value.startswith(root), f"{name}: {value!r} not under {root}"
     assert cfg.run.storage_path == settings["AIM_STORAGE_PATH"]
     assert (cfg.run.name, cfg.run.num_workers, cfg.run.use_gpu) == ("k400-vitb16-8f", 8, True)
     # What the driver checks before anything starts: a job on a cluster, with absolute/URI paths.

@@ -16,8 +16,8 @@ import pytest
 from videotools import (index_frames, marker_at_top_left, picture_types, psnr, read_index,
                         sequential_frames, smooth_frames, textured_index_frames, write_video)
 
-from aim_core.config import ConfigError
-from aim_core.prepared import StorageFormat, prepare_video, prepared_size, resample
+from aim_core.config import Config, ConfigError, PrepareConfig
+from aim_core.prepared import prepare_video, prepared_size, resample
 from aim_core.video import VideoDecodeError, decode_frames, probe_video
 
 CODECS = ["h264", "jpeg"]
@@ -41,7 +41,7 @@ def resized(frames: np.ndarray, width: int, height: int) -> np.ndarray:
 @pytest.mark.parametrize("codec", CODECS)
 def test_round_trip_keeps_count_rate_short_side_and_pixels(tmp_path: Path, codec: str) -> None:
     source = smooth_frames(45, 96, 128)
-    fmt = StorageFormat(codec=codec, short_side=64, fps=30)
+    fmt = PrepareConfig(codec=codec, short_side=64, fps=30)
     video = prepare_video(source, tmp_path / f"v{fmt.suffix}", fmt, source_fps=30)
     assert (video.num_frames, video.width, video.height) == (45, 86, 64)  # 85.3 -> even
     assert video.fps == pytest.approx(30) and video.duration == pytest.approx(1.5)
@@ -61,7 +61,7 @@ def test_a_source_file_is_prepared_upright_at_the_short_side(tmp_path: Path, cod
     upright = index_frames(40, 96, 128)
     coded = np.stack([np.ascontiguousarray(np.rot90(f, k=-1)) for f in upright])  # stored turned
     source = write_video(tmp_path / "rotated.mp4", coded, rotation=90)
-    fmt = StorageFormat(codec=codec, short_side=48)
+    fmt = PrepareConfig(codec=codec, short_side=48)
     video = prepare_video(source, tmp_path / f"out{fmt.suffix}", fmt)
     assert (video.num_frames, video.width, video.height) == (40, 64, 48)
     frames = decode_frames(video.path, [0, 17, 39])
@@ -71,13 +71,13 @@ def test_a_source_file_is_prepared_upright_at_the_short_side(tmp_path: Path, cod
 
 
 def test_h264_has_a_keyframe_every_gop_and_reports_them(tmp_path: Path) -> None:
-    fmt = StorageFormat(codec="h264", short_side=48, gop=6)
+    fmt = PrepareConfig(codec="h264", short_side=48, gop=6)
     video = prepare_video(index_frames(40, 48, 64), tmp_path / "v.mp4", fmt, source_fps=30)
     assert video.keyframes is not None
     assert video.keyframes.indices == tuple(range(0, 40, 6))
     assert picture_types(video.path) == {"I", "P"}  # no B-frames unless asked for
     with_b = prepare_video(textured_index_frames(40, 48, 64), tmp_path / "b.mp4",
-                           StorageFormat(short_side=48, gop=20, bframes=3), source_fps=30)
+                           PrepareConfig(short_side=48, gop=20, bframes=3), source_fps=30)
     assert picture_types(with_b.path) == {"I", "P", "B"}
     indices = [3, 13, 20, 39]
     reference = sequential_frames(video.path)
@@ -86,7 +86,7 @@ def test_h264_has_a_keyframe_every_gop_and_reports_them(tmp_path: Path) -> None:
 
 
 def test_prepared_file_reports_size_and_digest(tmp_path: Path) -> None:
-    video = prepare_video(index_frames(10, 48, 64), tmp_path / "v.zip", StorageFormat(
+    video = prepare_video(index_frames(10, 48, 64), tmp_path / "v.zip", PrepareConfig(
         short_side=48), source_fps=30)
     data = Path(video.path).read_bytes()
     assert video.size_bytes == len(data)
@@ -105,7 +105,7 @@ def test_prepared_file_reports_size_and_digest(tmp_path: Path) -> None:
 ])
 def test_rate_change_picks_the_frame_on_screen(tmp_path: Path, fps: int,
                                                expected: list[int]) -> None:
-    fmt = StorageFormat(codec="jpeg", short_side=48, fps=fps)
+    fmt = PrepareConfig(codec="jpeg", short_side=48, fps=fps)
     video = prepare_video(index_frames(30, 48, 64), tmp_path / "v.zip", fmt, source_fps=30)
     assert video.num_frames == len(expected)                 # the same 1 s span
     frames = decode_frames(video.path, range(video.num_frames))
@@ -116,7 +116,7 @@ def test_a_variable_rate_source_comes_out_at_a_constant_rate(tmp_path: Path) -> 
     steps = [6, 6, 15]  # in 1/180 s: frames last 1/30, 1/30 and 1/12 s in turn
     source = write_video(tmp_path / "vfr.mp4", index_frames(30, 48, 64), pts_steps=steps)
     shown = np.cumsum([0] + [steps[i % 3] for i in range(29)])  # each frame's time, 1/180 s
-    video = prepare_video(source, tmp_path / "cfr.zip", StorageFormat(short_side=48, fps=30))
+    video = prepare_video(source, tmp_path / "cfr.zip", PrepareConfig(short_side=48, fps=30))
     expected = [int(np.searchsorted(shown, 6 * j, side="right")) - 1
                 for j in range(video.num_frames)]
     frames = decode_frames(video.path, range(video.num_frames))
@@ -138,7 +138,7 @@ def test_resample_is_exact_in_fractions() -> None:
 @pytest.fixture
 def archive(tmp_path: Path) -> Path:
     video = prepare_video(index_frames(20, 48, 64), tmp_path / "v.zip",
-                          StorageFormat(codec="jpeg", short_side=48), source_fps=30)
+                          PrepareConfig(codec="jpeg", short_side=48), source_fps=30)
     return Path(video.path)
 
 
@@ -184,7 +184,7 @@ def test_a_truncated_archive_fails_naming_the_file(tmp_path: Path, archive: Path
 def test_a_bad_source_leaves_the_destination_as_it_was(tmp_path: Path, codec: str) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 100)
-    fmt = StorageFormat(codec=codec, short_side=48)
+    fmt = PrepareConfig(codec=codec, short_side=48)
     with pytest.raises(VideoDecodeError, match="bad.mp4"):
         prepare_video(bad, tmp_path / f"new{fmt.suffix}", fmt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
@@ -214,7 +214,7 @@ class DropsMidway(io.BytesIO):
 def test_a_source_failing_midway_leaves_no_partial_file(tmp_path: Path, codec: str) -> None:
     good = write_video(tmp_path / "src.mkv", smooth_frames(90, 96, 128))
     out = tmp_path / "out"
-    fmt = StorageFormat(codec=codec, short_side=48)
+    fmt = PrepareConfig(codec=codec, short_side=48)
     with pytest.raises(VideoDecodeError, match="connection reset"):
         prepare_video(DropsMidway(good.read_bytes()), out / f"v{fmt.suffix}", fmt)
     assert list(out.iterdir()) == []
@@ -222,7 +222,7 @@ def test_a_source_failing_midway_leaves_no_partial_file(tmp_path: Path, codec: s
 
 def test_a_uri_destination_is_uploaded_whole(tmp_path: Path) -> None:
     dest = f"file://{tmp_path}/remote/v.zip"
-    video = prepare_video(index_frames(8, 48, 64), dest, StorageFormat(short_side=48),
+    video = prepare_video(index_frames(8, 48, 64), dest, PrepareConfig(short_side=48),
                           source_fps=30)
     assert video.path == dest
     assert [read_index(f) for f in decode_frames(tmp_path / "remote" / "v.zip", [7])] == [7]
@@ -245,16 +245,16 @@ def test_a_uri_destination_is_uploaded_whole(tmp_path: Path) -> None:
 ])
 def test_bad_settings_name_the_field(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError) as error:
-        StorageFormat(**{field: value}).validate()
+        Config().with_overrides({f"prepare.{field}": value})
     assert str(error.value).startswith(message)
 
 
 def test_frames_without_a_rate_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="source_fps"):
-        prepare_video(index_frames(4, 48, 64), tmp_path / "v.zip", StorageFormat(short_side=48))
+        prepare_video(index_frames(4, 48, 64), tmp_path / "v.zip", PrepareConfig(short_side=48))
     with pytest.raises(ValueError, match="frames: expected uint8"):
         prepare_video(np.zeros((4, 48, 64), np.uint8), tmp_path / "v.zip",
-                      StorageFormat(short_side=48), source_fps=30)
+                      PrepareConfig(short_side=48), source_fps=30)
 
 
 def test_prepared_size_fixes_the_short_side_and_keeps_the_long_side_even() -> None:

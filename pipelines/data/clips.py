@@ -116,7 +116,7 @@ def _training_clips(batch: dict[str, np.ndarray], *, videos: list[dict[str, Any]
     order = _epoch_order(len(videos), data.seed, epoch)
     transform = build_train_transform(data, image_size)
     picked = [int(order[slot]) for slot in batch["id"]]
-    rows = [(i, _augmented(videos[i], data, clip_len, transform, epoch)) for i in picked]
+    rows = [(i, augmented_clip(videos[i], data, clip_len, transform, epoch)) for i in picked]
     rows = [(i, r) for i, r in rows if r is not None]
     if rows:  # a generator may yield nothing: no empty batch with a made-up frame shape
         yield {"frames": np.stack([r[0] for _, r in rows]),
@@ -126,7 +126,7 @@ def _training_clips(batch: dict[str, np.ndarray], *, videos: list[dict[str, Any]
                "augment_ms": np.array([r[3] for _, r in rows], np.float32)}
 
 
-def _augmented(video: dict[str, Any], data: DataConfig, clip_len: int, transform: Any,
+def augmented_clip(video: dict[str, Any], data: DataConfig, clip_len: int, transform: Any,
                epoch: int) -> tuple[np.ndarray, int, float, float] | None:
     """``(clip, label, decode CPU ms, augment CPU ms)``, or None for a file that became
     unreadable since the scan (logged, skipped)."""

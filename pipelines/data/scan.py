@@ -52,13 +52,16 @@ class IngestReport:
         clips = "" if self.clips is None else f", {self.clips} clips"
         empty = len(self.empty_class_folders)
         empty_text = f", {empty} empty class folder{'s' if empty > 1 else ''}" if empty else ""
-        text = (f"[ingest {self.split}/{self.mode}] {self.good}/{self.videos} videos readable"
+        prepare = self.mode == "prepare"
+        stage = f"prepare {self.split}" if prepare else f"ingest {self.split}/{self.mode}"
+        text = (f"[{stage}] {self.good}/{self.videos} videos readable"
                 f"{clips}, {len(self.bad)} bad, {len(self.rejected)} rejected by the annotations"
                 f"{empty_text} ({self.seconds:.1f} s)")
         for path, reason in (self.bad + self.rejected)[:10]:
             text += f"\n  skipped {path}: {reason}"
         if len(self.bad) + len(self.rejected) > 10:
-            text += f"\n  ... {len(self.bad) + len(self.rejected) - 10} more in {REPORT_FILE}"
+            where = "prepare_report.json" if prepare else REPORT_FILE
+            text += f"\n  ... {len(self.bad) + len(self.rejected) - 10} more in {where}"
         return text
 
 

@@ -102,14 +102,20 @@ def materialize(cfg: Config, split: SplitName, out_dir: str | None = None, *,
 
 def read_shards(folder: str) -> ray.data.Dataset:
     """The clips of a materialised split (the shards the manifest lists, nothing half-written)."""
-    manifest = _read_manifest(Location.of(folder))
-    if manifest is None:
-        raise FileNotFoundError(f"{folder}: no readable {MANIFEST_FILE} (missing or unreadable); "
-                                f"run `aim-video ingest`, which rebuilds it from the shards")
+    manifest = read_plan(folder)
     files = [join(folder, s["file"]) for s in manifest["shards"] if s["clips"]]
     if not files:
         raise ValueError(f"{folder}: the manifest lists no clips (see {REPORT_FILE})")
     return ray.data.read_parquet(files).select_columns(CLIP_COLUMNS)
+
+
+def read_plan(folder: str) -> dict[str, Any]:
+    """The split's manifest: its shards (file names carry their plan's fingerprint), videos, clips."""
+    manifest = _read_manifest(Location.of(folder))
+    if manifest is None:
+        raise FileNotFoundError(f"{folder}: no readable {MANIFEST_FILE} (missing or unreadable); "
+                                f"run `aim-video ingest`, which rebuilds it from the shards")
+    return manifest
 
 
 def read_report(folder: str) -> IngestReport:

@@ -21,6 +21,7 @@ from aim_core.config import Config
 
 from pipelines import console
 from pipelines.data import clips, shards
+from pipelines.data.identity import DataIdentity, shards_identity, stream_identity
 from pipelines.data.scan import read_videos
 
 
@@ -32,6 +33,7 @@ class TrainingData:
     train_clips: int                          # per epoch: the steps per epoch follow from it
     train_videos: list[dict[str, Any]]        # the videos trained on (data-fraction studies)
     reports: dict[str, dict[str, Any]]        # ingest reports by split
+    identity: DataIdentity                    # name, digest and split sizes, for MLflow
 
 
 def training_data(cfg: Config) -> TrainingData:
@@ -49,7 +51,8 @@ def training_data(cfg: Config) -> TrainingData:
     return TrainingData({"train": clips.training_dataset(cfg, train, clock),
                          "val": clips.evaluation_dataset(cfg, val)}, clock, class_map.names,
                         len(train), train, {"train": train_report.to_dict(),
-                                            "val": val_report.to_dict()})
+                                            "val": val_report.to_dict()},
+                        stream_identity(cfg, class_map.names, {"train": train, "val": val}))
 
 
 def _from_shards(cfg: Config, clock: Any) -> TrainingData:
@@ -60,7 +63,9 @@ def _from_shards(cfg: Config, clock: Any) -> TrainingData:
         console.say(report.summary())
     stored = {split: shards.read_shards(folder) for split, folder in folders.items()}
     class_map = shards.load_class_map(out)
+    plans = {split: shards.read_plan(folder) for split, folder in folders.items()}
     return TrainingData({"train": clips.shard_training_dataset(cfg, stored["train"], clock),
                          "val": clips.shard_evaluation_dataset(cfg, stored["val"])}, clock,
                         class_map.names, reports["train"].clips or 0, [],
-                        {split: r.to_dict() for split, r in reports.items()})
+                        {split: r.to_dict() for split, r in reports.items()},
+                        shards_identity(cfg, class_map.names, plans))

@@ -33,6 +33,7 @@ from aim_core.config import Config, ConfigError, check_override
 from aim_core.storage import Location, join
 
 from pipelines import console
+from pipelines.preflight import check_data_location
 from pipelines.resources import trial_concurrency
 from pipelines.runtime import absolute_paths, dashboard_url, ensure_ray
 from pipelines.sweeps.report import collect, write_report
@@ -98,6 +99,7 @@ def plan_sweep(cfg: Config, sweep: SweepConfig) -> SweepMeta:
     if sweep.asha and cfg.optim.eval_every != 1 and sweep.metric.startswith("val_"):
         raise ConfigError(f"sweep.asha compares trials on every epoch's {sweep.metric}: set "
                           f"optim.eval_every=1")
+    check_data_location(cfg)
     cfg = runs.pin_tracking_uri(absolute_paths(cfg))
     fractions = tuple(sweep.fractions) if sweep.fractions else None
     settings = STUDIES[sweep.study](cfg, fractions=fractions) if sweep.study else []

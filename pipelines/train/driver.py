@@ -31,7 +31,7 @@ from pipelines.preflight import check_data_location, check_training
 from pipelines.resources import train_scaling
 from pipelines.runtime import RunFolder, absolute_paths, ensure_ray
 from pipelines.data.training import TrainingData, training_data
-from pipelines.tracking import plots, registry, runs
+from pipelines.tracking import datasets, plots, registry, runs
 from pipelines.train.reporting import EpochLines, EpochReporter
 from pipelines.train.worker import EVAL_FILE, STATE_FILE, train_loop_per_worker
 
@@ -93,7 +93,7 @@ def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None
         console.say(f"[aim-video train] validation: {eval_protocol(cfg)}")
         with EpochLines(cfg.run.name, cfg.optim.epochs, cfg.run.print_every) as lines:
             reporter = EpochReporter(cfg.run.tracking_uri, mlflow_run_id, lines.queue)
-            result = _trainer(cfg, data, [reporter, *(callbacks or [])]).fit()
+            result = _trainer(cfg, data, mlflow_run_id, [reporter, *(callbacks or [])]).fit()
         outcome = _collect(result, cfg, mlflow_run_id, data.class_names, cost)
         _log_final(outcome, cfg)
         if cfg.run.register_as:
@@ -103,6 +103,7 @@ def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None
 
 def _log_start(cost: dict[str, float], data: TrainingData) -> None:
     runs.log_model_cost(cost)
+    datasets.log_data_identity(data.identity)
     for split, report in data.reports.items():
         mlflow.log_dict(report, f"ingest/{split}_report.json")
     if data.train_videos:  # the videos this run trains on (data-fraction studies)
@@ -111,12 +112,14 @@ def _log_start(cost: dict[str, float], data: TrainingData) -> None:
                         f"ingest/{TRAIN_VIDEOS_FILE}")
 
 
-def _trainer(cfg: Config, data: TrainingData, callbacks: list[Any]) -> ray.train.torch.TorchTrainer:
+def _trainer(cfg: Config, data: TrainingData, mlflow_run_id: str, callbacks: list[Any]
+             ) -> ray.train.torch.TorchTrainer:
     scaling = train_scaling(cfg.run, ray.cluster_resources().get("GPU", 0))
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "class_names": data.class_names,
-                           "train_videos": data.train_clips, "clock": data.clock},
+                           "train_videos": data.train_clips, "clock": data.clock,
+                           "mlflow_run_id": mlflow_run_id},
         scaling_config=ray.train.ScalingConfig(**scaling),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=cfg.run.storage_path,

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import queue as queue_errors
 import threading
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import mlflow
+import ray
 import ray.train
 from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines import console
 from pipelines.tracking import runs
@@ -54,7 +57,10 @@ class EpochLines:
     """On the driver, while ``fit`` runs: one line per reported epoch above one progress bar."""
 
     def __init__(self, name: str, epochs: int, every: int = 1, first_epoch: int = 1) -> None:
-        self.queue = Queue()
+        # Beside its reader, the driver: a lost worker node cannot take it down, and with no CPU
+        # it needs no room in a sweep trial's placement group.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.name, self.epochs, self.every = name, epochs, every
         self._first_epoch = first_epoch
         self._stop = threading.Event()
@@ -95,3 +101,23 @@ class EpochLines:
         if epoch % self.every == 0 or epoch == self.epochs:
             console.say(f"[aim-video train] {epoch_line(metrics, self.epochs)}")
         self._progress.advance()
+
+
+@contextmanager
+def system_metrics(tracking_uri: str | None, run_id: str | None, interval_s: float,
+                   resume: bool) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory where NVML
+    finds GPUs) of this node, into the run every ``interval_s``: a starved GPU shows in the run's
+    charts. Rank 0 runs it; a resumed run continues the series."""
+    if not run_id or interval_s <= 0:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=resume,
+                                   tracking_uri=tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

@@ -38,6 +38,7 @@ from aim_core.inference import Inference
 from aim_core.transforms import to_model_input
 
 from pipelines.evaluation.evaluate import VideoScores, score_rows
+from pipelines.train.reporting import system_metrics
 from pipelines.train.optimization import (Precision, accumulation_steps, build_optimizer,
                                           build_scheduler)
 
@@ -63,29 +64,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start_epoch, history, last_eval = _restore(Path(folder), step)
         log.info("rank %d resumed from the checkpoint of epoch %d", rank, start_epoch - 1)
 
-    for epoch in range(start_epoch, cfg.optim.epochs + 1):
-        if rank == 0:  # before any worker asks for the epoch's first batch (see data.clips)
-            ray.get(config["clock"].set.remote(epoch))
-        started = time.perf_counter()
-        stats = step.epoch(epoch, _batches(train_data, cfg, device))
-        metrics = _epoch_metrics(stats, step, epoch, time.perf_counter() - started, device)
-        if epoch % cfg.optim.eval_every == 0 or epoch == cfg.optim.epochs:
-            last_eval = evaluate_shards(step.model, cfg, val_data.iter_batches(
-                batch_size=cfg.optim.eval_batch_size, batch_format="numpy"), device,
-                len(config["class_names"]))
-            last_eval["class_names"] = config["class_names"]
-            metrics.update({"val_top1": last_eval["top1"], "val_top5": last_eval["top5"],
-                            "val_mean_class_acc": last_eval["mean_class_acc"]})
-        history.append(metrics)
-        with tempfile.TemporaryDirectory() as folder:
-            report_ckpt = None
-            if rank == 0:
-                _save(Path(folder), step, cfg, config["class_names"], epoch, history, last_eval)
-                report_ckpt = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=report_ckpt)
+    monitored = config.get("mlflow_run_id") if rank == 0 else None
+    with system_metrics(cfg.run.tracking_uri, monitored, cfg.run.system_metrics_s,
+                        resume=checkpoint is not None):
+        for epoch in range(start_epoch, cfg.optim.epochs + 1):
+            if rank == 0:  # before any worker asks for the epoch's first batch (see data.clips)
+                ray.get(config["clock"].set.remote(epoch))
+            started = time.perf_counter()
+            stats = step.epoch(epoch, train_batches(train_data, cfg, device))
+            metrics = _epoch_metrics(stats, step, epoch, time.perf_counter() - started, device)
+            if epoch % cfg.optim.eval_every == 0 or epoch == cfg.optim.epochs:
+                last_eval = evaluate_shards(step.model, cfg, val_data.iter_batches(
+                    batch_size=cfg.optim.eval_batch_size, batch_format="numpy"), device,
+                    len(config["class_names"]))
+                last_eval["class_names"] = config["class_names"]
+                metrics.update({"val_top1": last_eval["top1"], "val_top5": last_eval["top5"],
+                                "val_mean_class_acc": last_eval["mean_class_acc"]})
+            history.append(metrics)
+            with tempfile.TemporaryDirectory() as folder:
+                report_ckpt = None
+                if rank == 0:
+                    _save(Path(folder), step, cfg, config["class_names"], epoch, history,
+                          last_eval)
+                    report_ckpt = ray.train.Checkpoint.from_directory(folder)
+                ray.train.report(metrics, checkpoint=report_ckpt)
 
 
-def _batches(shard: Any, cfg: Config, device: torch.device) -> Iterable[dict[str, torch.Tensor]]:
+def train_batches(shard: Any, cfg: Config, device: torch.device
+                  ) -> Iterable[dict[str, torch.Tensor]]:
+    """This worker's share of an epoch: uint8 clips on ``device`` (pinned and prefetched)."""
     return shard.iter_torch_batches(batch_size=cfg.optim.per_device_batch, dtypes=TRAIN_DTYPES,
                                     device=device, pin_memory=device.type == "cuda",
                                     prefetch_batches=cfg.data.prefetch_batches)
