@@ -1,8 +1,9 @@
 """Parameter and FLOP accounting as the paper reports it.
 
-Counts run on the ``meta`` device, so ViT-L/14 at 32 frames costs neither memory nor time. GFLOPs
-are multiply-accumulates (the convention of fvcore and of the paper's tables), i.e. half of what
-torch's flop counter reports; only matmuls, convolutions and attention are counted, as there.
+Counts run on the ``meta`` device, so ViT-L/14 at 32 frames costs neither memory nor time. The
+paper's "GFLOPs" are multiply-accumulates (the convention of fvcore), so this module counts and
+names GMACs: half of what torch's flop counter reports; only matmuls, convolutions and attention are
+counted, as there.
 
 The training step is counted too (forward and backward of one clip, activation-checkpointing
 recomputation included): a frozen weight needs no weight gradient, so AIM's backward is about one
@@ -24,25 +25,25 @@ from .config import Config, ModelConfig
 class ModelCost:
     total_params: int
     tunable_params: int
-    gflops_per_view: float
+    gmacs_per_view: float
     views: int
-    train_gflops_per_clip: float | None = None   # forward + backward, in training mode
+    train_gmacs_per_clip: float | None = None   # forward + backward, in training mode
 
     @property
-    def gflops_all_views(self) -> float:
-        return self.gflops_per_view * self.views
+    def gmacs_all_views(self) -> float:
+        return self.gmacs_per_view * self.views
 
     def to_dict(self) -> dict[str, float]:
-        return {**asdict(self), "gflops_all_views": self.gflops_all_views}
+        return {**asdict(self), "gmacs_all_views": self.gmacs_all_views}
 
     def summary(self) -> str:
         return (f"total params   {self.total_params / 1e6:8.2f} M\n"
                 f"tunable params {self.tunable_params / 1e6:8.2f} M "
                 f"({100 * self.tunable_params / self.total_params:.1f}%)\n"
-                f"GFLOPs / view  {self.gflops_per_view:8.1f}\n"
-                f"GFLOPs x {self.views:<2d}    {self.gflops_all_views:8.1f} (test views)"
-                + ("" if self.train_gflops_per_clip is None else
-                   f"\ntrain GFLOPs   {self.train_gflops_per_clip:8.1f} per clip (forward + "
+                f"GMACs / view   {self.gmacs_per_view:8.1f} (the paper's \"GFLOPs\")\n"
+                f"GMACs x {self.views:<2d}     {self.gmacs_all_views:8.1f} (test views)"
+                + ("" if self.train_gmacs_per_clip is None else
+                   f"\ntrain GMACs    {self.train_gmacs_per_clip:8.1f} per clip (forward + "
                    f"backward)"))
 
 

@@ -177,7 +177,7 @@ def run_variant(args: argparse.Namespace, name: str) -> dict:
         cpu_times.append(time.process_time() - c0)
 
     load.append(os.getloadavg()[0])
-    train_gmacs = model_cost(cfg).train_gflops_per_clip * args.batch  # meta device: no memory
+    train_gmacs = model_cost(cfg).train_gmacs_per_clip * args.batch  # meta device: no memory
     resident = [*model.parameters(), *model.buffers(), x, y]
     model_bytes = storage_bytes(resident)
     rss_growth = _maxrss_bytes() - rss_start

@@ -65,7 +65,7 @@ def load_config(args: argparse.Namespace, **overrides: Any) -> Config:
 # describe
 # ----------------------------------------------------------------------------------------------
 
-@command("describe", "print total/tunable parameters and GFLOPs per view (meta device)",
+@command("describe", "print total/tunable parameters and GMACs (the paper's GFLOPs) per view (meta device)",
          add_config_args)
 def _describe(args: argparse.Namespace) -> int:
     from aim_core.accounting import model_cost
@@ -135,14 +135,8 @@ def _ingest_args(parser: argparse.ArgumentParser) -> None:
          "scan and report in stream mode", _ingest_args)
 def _ingest(args: argparse.Namespace) -> int:
     from pipelines.data.ingest import run_ingest
-    from pipelines.runtime import absolute_paths, ensure_ray
 
-    from pipelines.preflight import check_data_location
-
-    cfg = load_config(args)
-    ensure_ray()
-    check_data_location(cfg)
-    run_ingest(absolute_paths(cfg), args.out)
+    run_ingest(_data_job_config(args), args.out)
     return 0
 
 
@@ -150,14 +144,20 @@ def _ingest(args: argparse.Namespace) -> int:
          "manifest (resumable; settings in the config's prepare section)", add_config_args)
 def _prepare(args: argparse.Namespace) -> int:
     from pipelines.data.prepare import run_prepare
+
+    run_prepare(_data_job_config(args))
+    return 0
+
+
+def _data_job_config(args: argparse.Namespace) -> Config:
+    """The config of a data job on Ray, its paths checked for the cluster and made absolute."""
     from pipelines.preflight import check_data_location
     from pipelines.runtime import absolute_paths, ensure_ray
 
     cfg = load_config(args)
     ensure_ray()
     check_data_location(cfg)
-    run_prepare(absolute_paths(cfg))
-    return 0
+    return absolute_paths(cfg)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,19 @@ def test_the_ingest_benchmark_runs_and_prints_its_table():
     table = proc.stdout.split("c/s = clips per second\n", 1)[1].splitlines()
     assert table[0].split("|")[0].strip() == "GOP" and len(table) == 2 + 2   # header, rule, 2 GOPs
     assert "skipped" not in proc.stdout and "(c) Ray Data, 2 CPU" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_loader_benchmark_measures_raw_and_prepared_storage_in_train_workers(tmp_path):
+    out = tmp_path / "loader.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "loader.py"), "--videos", "4", "--seconds",
+         "1.5", "--epochs", "2", "--workers", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {row["storage"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {"raw (x264 defaults)", "prepared (default)"}
+    for row in rows.values():
+        assert row["clips_per_s"] > 0 and row["decode_ms"] > 0 and row["train_ms"] >= 0
+    # keyframe-dense storage is bigger than x264's defaults: the price of cheap seeks
+    assert rows["prepared (default)"]["bytes"] > rows["raw (x264 defaults)"]["bytes"]

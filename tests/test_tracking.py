@@ -71,7 +71,7 @@ def test_a_run_records_config_tags_metrics_cost_and_plots(tmp_path):
     assert stored.data.tags["variant"] == "aim" and stored.data.tags["backbone"] == "tiny:tiny"
     assert stored.data.tags["dataset_root"] == cfg.data.root
     assert stored.data.metrics["cost/tunable_params"] == 100
-    assert stored.data.metrics["cost/gflops_all_views"] == 1.0
+    assert stored.data.metrics["cost/gmacs_all_views"] == 1.0
     assert [m.value for m in client.get_metric_history(run.info.run_id, "val_top1")] == \
         pytest.approx([0.0, 0.3, 0.6])
     assert "per_class" not in stored.data.metrics

@@ -24,7 +24,7 @@ from pipelines.sweeps.studies import trial_config, trial_label
 from pipelines.tracking.runs import log_file
 
 REPORT_DIR = "report"
-_COST_KEYS = ("tunable_params", "total_params", "gflops_per_view")
+_COST_KEYS = ("tunable_params", "total_params", "gmacs_per_view")
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Row:
     top5: float | None
     tunable_params: float | None
     total_params: float | None
-    gflops_per_view: float | None
+    gmacs_per_view: float | None
     train_fraction: float
     ratio: float | None         # adapter bottleneck ratio (AIM variants only)
     mlflow_run_id: str | None
@@ -110,13 +110,13 @@ def _row(meta: SweepMeta, trial: Any, run: Any | None) -> Row:
 # ----------------------------------------------------------------------------------------------
 
 def markdown(table: SweepTable) -> str:
-    """The paper's table form: setting, tunable parameters, GFLOPs per view, top-1, top-5."""
+    """The paper's table form: setting, tunable parameters, GMACs per view, top-1, top-5."""
     meta = table.meta
     views = meta.base["data"]["test_clips"] * meta.base["data"]["test_crops"]
     lines = [f"# Sweep `{meta.name}` ({meta.config.study or 'search space'})", "",
              f"Top-1/top-5 on the validation split ({views} view(s) per video), from each trial's "
              f"final evaluation; *italic*: stopped early (last epoch's validation).", "",
-             "| setting | variant | tunable params (M) | GFLOPs/view | top-1 (%) | top-5 (%) "
+             "| setting | variant | tunable params (M) | GMACs/view | top-1 (%) | top-5 (%) "
              "| epochs | trial | status |",
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in table.rows:
@@ -124,7 +124,7 @@ def markdown(table: SweepTable) -> str:
         if not r.finished:
             acc = [f"*{a}*" if a != "-" else a for a in acc]
         lines.append(f"| {r.setting} | {r.variant} | {_num(r.tunable_params, 1e6)} | "
-                     f"{_num(r.gflops_per_view, 1)} | {acc[0]} | {acc[1]} | "
+                     f"{_num(r.gmacs_per_view, 1)} | {acc[0]} | {acc[1]} | "
                      f"{r.epoch if r.epoch is not None else '-'} | {r.trial_id} | {r.status} |")
     return "\n".join(lines) + "\n"
 

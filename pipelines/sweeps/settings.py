@@ -25,7 +25,7 @@ TRAIN_DIR = "train"
 EPOCH_METRICS = ("train_loss", "train_top1", "clips_per_s", "epoch_seconds", "val_top1",
                  "val_top5", "val_mean_class_acc")
 FINAL_METRICS = ("final_top1", "final_top5", "final_mean_class_acc", "tunable_params",
-                 "gflops_per_view")
+                 "gmacs_per_view")
 
 
 @dataclass

@@ -73,7 +73,7 @@ def run_trial(config: dict[str, Any], *, meta: SweepMeta) -> None:
                  "final_top1": ev["top1"], "final_top5": ev["top5"],
                  "final_mean_class_acc": ev["mean_class_acc"],
                  "tunable_params": cost["tunable_params"], "total_params": cost["total_params"],
-                 "gflops_per_view": cost["gflops_per_view"], "mlflow_run_id": outcome.mlflow_run_id})
+                 "gmacs_per_view": cost["gmacs_per_view"], "mlflow_run_id": outcome.mlflow_run_id})
 
 
 # ----------------------------------------------------------------------------------------------

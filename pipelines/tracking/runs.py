@@ -174,7 +174,7 @@ def log_epoch(metrics: Mapping[str, Any], epoch: int, run_id: str | None = None)
 
 
 def log_model_cost(cost: ModelCost | Mapping[str, float]) -> None:
-    """Parameters and GFLOPs as ``cost/*`` metrics (numeric, so runs sort and compare by them)."""
+    """Parameters and multiply-accumulates (GMACs) as ``cost/*`` metrics (numeric, so runs sort and compare by them)."""
     values = cost.to_dict() if isinstance(cost, ModelCost) else cost
     mlflow.log_metrics(scalar_metrics(values, "cost/"))
 
