@@ -9,19 +9,26 @@ real sqlite registry, and talks to it over HTTP with ``requests``.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import requests
 import torch
 import videotools
+from mlflow import MlflowClient
 
 from aim_core.backbones import build_model
+from aim_core.checkpoint import save_model
 from aim_core.config import Config, ConfigError, ModelConfig
 from aim_core.inference import Inference
+from pipelines.cli import main
 from pipelines.evaluation.evaluate import load_views
+from pipelines.evaluation.predict import predict_videos
 from pipelines.serving.footprint import (estimate_table, shared_with, sharing_estimate,
                                          weight_footprint)
 from pipelines.serving.inputs import (RequestError, StoredVideo, Upload, UriPolicy,
@@ -103,6 +110,21 @@ def test_served_references_are_registered_models_with_one_route_each():
         ServedRef.parse("runs:/0123/checkpoint")
     with pytest.raises(ModelReferenceError, match="'a' is given twice"):
         parse_served(["models:/a@champion", "models:/a/2"])
+
+
+def test_the_command_refuses_bad_settings_and_unknown_models_in_one_line(tmp_path, monkeypatch,
+                                                                         capsys):
+    from pipelines import runtime
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["serve", "models:/x@champion", "--set", "max_upload_bytes=0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "aim-video serve: serve.max_upload_bytes: expected a positive integer, got 0")
+    assert main(["serve", "models:/nowhere@champion"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aim-video serve: models:/nowhere@champion: not in the registry")
+    assert len(err.splitlines()) == 1
+    assert runtime.private_sessions() == []          # refused before any cluster started
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,3 +283,214 @@ def test_decoding_past_its_time_limit_is_stopped_with_a_422(tiny_cfg, videos):
         views = asyncio.run(decode_within(threads, upload, tiny_cfg, 60.0, MIB))
     assert views.shape == (2, 3, 4, 32, 32)
 
+
+# ----------------------------------------------------------------------------------------------
+# A real Serve application over HTTP (one per module, reused by every test below)
+# ----------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """The running application: its URL, its Ray session and the registry it reads."""
+
+    def __init__(self, url: str, session: str, cfg: Config, videos: dict[str, Path]) -> None:
+        self.url, self.session, self.cfg, self.videos = url, session, cfg, videos
+
+    def predict(self, name: str, video: str, **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}/v1/models/{name}:predict",
+                             data=self.videos[video].read_bytes(),
+                             headers={"Content-Type": "video/mp4"}, timeout=120, **kwargs)
+
+    def listing(self) -> dict:
+        return requests.get(f"{self.url}/v1/models", timeout=60).json()
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, clip_tower):
+    """A sqlite registry: alpha v1 (@champion) and v2, beta v1 (@champion), all three trained
+    differently over the same backbone file."""
+    from pipelines.tracking.registry import register_model
+
+    tmp = tmp_path_factory.mktemp("registry")
+    cfg = tracked_config(tmp, weights=clip_tower[1])
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.run.tracking_uri
+    for name, seed, alias in (("alpha", 1, "champion"), ("beta", 2, "champion"),
+                              ("alpha", 3, None)):
+        model = perturbed(build_model(cfg.model), seed)
+        checkpoint = save_model(tmp / f"{name}-{seed}", model, cfg, CLASSES)
+        register_model(checkpoint, name, alias, cfg=cfg)
+    yield cfg
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture(scope="module")
+def app(registered, videos):
+    import ray
+    from ray import serve
+
+    from pipelines.serving.launch import serve_app
+
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True,
+                       dashboard_host="127.0.0.1", log_to_driver=False)
+    settings = ServeConfig.from_dict({
+        "port": free_port(), "replica_cpus": 0.5, "alias_poll_s": 1.0, "max_batch_size": 4,
+        "batch_wait_s": 0.05, "max_upload_bytes": 200_000,
+        "allowed_uri_prefixes": [str(videos["forward"].parent)]})
+    url = serve_app([ServedRef("alpha", alias="champion"), ServedRef("beta", alias="champion")],
+                    settings, registered.run.tracking_uri)
+    yield Served(url, context.address_info["session_dir"], registered, videos)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def local_prediction(uri: str, path: Path) -> list[tuple[str, float]]:
+    """What ``aim-video predict VIDEO --model URI`` prints, at full precision."""
+    from pipelines.tracking.references import resolve_model
+
+    model, cfg, names = resolve_model(uri)
+    (prediction,) = predict_videos(model, cfg, names, [path], topk=5)
+    return prediction.top
+
+
+def served_top(answer: dict) -> list[tuple[str, float]]:
+    return [(row["class"], row["probability"]) for row in answer["top"]]
+
+
+def assert_same_top(served: list, local: list) -> None:
+    assert [c for c, _ in served] == [c for c, _ in local]
+    assert [p for _, p in served] == pytest.approx([p for _, p in local], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_served_probabilities_equal_predicts_and_say_version_and_views(app):
+    for name in ("alpha", "beta"):
+        for video in ("forward", "backward"):
+            answer = app.predict(name, video)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert (body["model"], body["version"], body["alias"]) == (name, "1", "champion")
+            assert body["views"]["count"] == 2 and body["views"]["clips"] == 2
+            assert_same_top(served_top(body), local_prediction(f"models:/{name}/1",
+                                                               app.videos[video]))
+    alpha, beta = app.predict("alpha", "forward").json(), app.predict("beta", "forward").json()
+    assert served_top(alpha) != served_top(beta)      # one backbone, each its own answer
+    three = requests.post(f"{app.url}/v1/models/alpha:predict?topk=3", timeout=60,
+                          data=app.videos["forward"].read_bytes())
+    assert len(three.json()["top"]) == 3
+
+
+@pytest.mark.slow
+def test_concurrent_callers_get_the_answers_they_get_alone(app):
+    alone = {video: served_top(app.predict("alpha", video).json())
+             for video in ("forward", "backward")}
+    jobs = [("alpha" if i % 3 else "beta", ("forward", "backward")[i % 2]) for i in range(12)]
+    with ThreadPoolExecutor(12) as clients:
+        answers = list(clients.map(lambda job: app.predict(*job), jobs))
+    for (name, video), answer in zip(jobs, answers):
+        assert answer.status_code == 200, answer.text
+        if name == "alpha":
+            assert_same_top(served_top(answer.json()), alone[video])
+
+
+@pytest.mark.slow
+def test_two_models_on_one_backbone_hold_one_copy_of_it_in_the_replica(app):
+    listing = app.listing()
+    rows = {row["name"]: row for row in listing["models"]}
+    assert rows["alpha"]["shares_backbone_with"] == ["beta"]
+    assert rows["beta"]["shares_backbone_with"] == ["alpha"]
+    assert rows["alpha"]["backbone"]["sha256"] == rows["beta"]["backbone"]["sha256"] is not None
+    assert rows["alpha"]["version"] == "1" and rows["alpha"]["alias"] == "champion"
+    model = build_model(app.cfg.model)
+    frozen = sum(t.nbytes for t in frozen_tensors(model).values())
+    tunable = sum(t.nbytes for t in model.tunable_state_dict().values())
+    assert rows["alpha"]["tunable_parameters"] == tunable // 4
+    memory = listing["memory"]
+    assert memory["weight_bytes"] == frozen + 2 * tunable      # every frozen tensor held once
+    assert memory["separate_bytes"] == 2 * (frozen + tunable)
+
+
+def _chunked(data: bytes):
+    for start in range(0, len(data), 50_000):
+        yield data[start:start + 50_000]
+
+
+@pytest.mark.slow
+def test_bad_requests_get_their_4xx_and_the_replica_keeps_serving(app):
+    url, folder = app.url, app.videos["forward"].parent
+    predict = f"{url}/v1/models/alpha:predict"
+    cases = [
+        (requests.post(predict, data=app.videos["text"].read_bytes()), 422, "not a readable video"),
+        (requests.post(predict, data=app.videos["truncated"].read_bytes()), 422,
+         "not a readable video"),
+        (requests.post(predict, data=b""), 400, "empty request body"),
+        (requests.post(predict, data=os.urandom(300_000)), 413, "serve.max_upload_bytes"),
+        (requests.post(predict, data=_chunked(os.urandom(300_000))), 413,
+         "serve.max_upload_bytes"),
+        (requests.post(f"{url}/v1/models/gamma:predict", data=b"x"), 404, "no model 'gamma'"),
+        (requests.post(predict, json={"uri": "/etc/hostname"}), 403, "may not read"),
+        (requests.post(predict, json={"uri": f"{folder}/../escape.mp4"}), 403, "may not read"),
+        (requests.post(predict, json={"uri": f"{folder}/gone.mp4"}), 404, "no such file"),
+        (requests.post(f"{predict}?topk=0", data=b"x"), 400, "topk: expected a positive"),
+    ]
+    for answer, status, reason in cases:
+        assert answer.status_code == status, answer.text
+        assert reason in answer.json()["error"]
+        assert app.predict("alpha", "forward").status_code == 200
+    by_uri = requests.post(predict, json={"uri": str(app.videos["backward"])}, timeout=60)
+    assert by_uri.status_code == 200, by_uri.text
+    assert served_top(by_uri.json()) == served_top(app.predict("alpha", "backward").json())
+
+
+@pytest.mark.slow
+def test_a_decode_over_its_time_limit_is_a_422_and_the_replica_keeps_serving(app):
+    from pipelines.serving.launch import serve_app
+
+    settings = ServeConfig.from_dict({"port": int(app.url.rsplit(":", 1)[1]),
+                                      "replica_cpus": 0.5, "decode_timeout_s": 1e-6})
+    url = serve_app([ServedRef("beta", version="1")], settings, app.cfg.run.tracking_uri,
+                    name="tight", route_prefix="/tight")
+    answer = requests.post(f"{url}/v1/models/beta:predict", timeout=60,
+                           data=app.videos["forward"].read_bytes())
+    assert answer.status_code == 422 and "serve.decode_timeout_s" in answer.json()["error"]
+    assert requests.get(f"{url}/v1/models", timeout=60).json()["models"][0]["version"] == "1"
+    assert app.predict("beta", "forward").status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
+def test_the_server_listens_on_loopback_only_by_default(app):
+    from pipelines.runtime import session_processes
+
+    from .test_runtime import listening_addresses
+
+    port = int(app.url.rsplit(":", 1)[1])
+    listening = listening_addresses(session_processes(app.session))
+    assert ("127.0.0.1", port) in listening
+    exposed = [(ip, p) for ip, p in listening if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+@pytest.mark.slow
+def test_an_alias_moved_in_the_registry_is_served_after_a_poll(app):
+    before = app.predict("alpha", "forward").json()
+    MlflowClient().set_registered_model_alias("alpha", "champion", "2")
+    deadline = time.monotonic() + 60
+    while app.listing()["models"][0]["version"] != "2" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = app.predict("alpha", "forward").json()
+    assert (before["version"], after["version"]) == ("1", "2")
+    assert_same_top(served_top(after), local_prediction("models:/alpha/2", app.videos["forward"]))
+    assert app.listing()["memory"]["weight_bytes"] < app.listing()["memory"]["separate_bytes"]
+    logs = Path(app.session, "logs", "serve").glob("replica_*.log")
+    assert any("models:/alpha@champion: version 1 -> 2" in log.read_text() for log in logs)
