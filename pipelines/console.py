@@ -12,6 +12,7 @@ that never says writes them to ``aim_runs/logs/<command>-<time>.log`` when it en
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import logging.handlers
 import os
@@ -49,6 +50,11 @@ class _LogStream:
 
     def isatty(self) -> bool:
         return False
+
+    def fileno(self) -> int:
+        # No descriptor: what io streams without one raise (Ray's faulthandler.enable in
+        # ray.init expects it; an AttributeError there failed every quiet command starting Ray).
+        raise io.UnsupportedOperation("fileno")
 
 
 class _State:
