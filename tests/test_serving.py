@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -40,6 +45,7 @@ from pipelines.tracking.references import ModelReferenceError
 from .modeltools import CLASSES, tracked_config
 
 MIB = 2**20
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -332,6 +338,38 @@ def registered(tmp_path_factory, clip_tower):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.mark.slow
+def test_the_serve_command_serves_until_sigterm_and_leaves_no_process(registered, videos,
+                                                                      tmp_path):
+    from pipelines.runtime import session_processes
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(MLFLOW_TRACKING_URI=registered.run.tracking_uri,
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "models:/beta@champion",
+               "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    printed = []
+    while not printed or "Ctrl-C stops" not in printed[-1]:
+        printed.append(lines.get(timeout=240))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert f"GET  {url}/v1/models" in "".join(printed)
+        answer = requests.post(f"{url}/v1/models/beta:predict", timeout=60,
+                               data=videos["forward"].read_bytes())
+        assert answer.status_code == 200 and answer.json()["version"] == "1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert "stopping" in lines.get(timeout=10)
+    session = printed[-1].split("replica logs: ", 1)[1].split("/logs/serve", 1)[0]
+    assert session_processes(session) == []
 
 
 @pytest.fixture(scope="module")

@@ -118,5 +118,6 @@ def run_serve(texts: list[str], settings: ServeConfig) -> int:
     try:
         wait_until_stopped()
     finally:
-        serve.delete(APP_NAME)
+        if os.environ.get("RAY_ADDRESS"):  # a private cluster goes whole with shutdown_ray
+            serve.delete(APP_NAME)
     return 0
