@@ -290,6 +290,54 @@ def test_decoding_past_its_time_limit_is_stopped_with_a_422(tiny_cfg, videos):
     assert views.shape == (2, 3, 4, 32, 32)
 
 
+@pytest.mark.slow
+def test_the_watcher_swaps_in_a_moved_alias_and_skips_a_version_that_does_not_load(
+        tmp_path, clip_tower, isolated_mlflow):
+    import logging
+
+    import mlflow
+
+    from pipelines.serving.watcher import AliasWatcher
+    from pipelines.tracking.registry import register_model
+
+    cfg = tracked_config(tmp_path, weights=clip_tower[1])
+    mlflow.set_tracking_uri(cfg.run.tracking_uri)
+    for seed in (1, 2):
+        checkpoint = save_model(tmp_path / f"v{seed}", perturbed(build_model(cfg.model), seed),
+                                cfg, CLASSES)
+        register_model(checkpoint, "alpha", "champion" if seed == 1 else None, cfg=cfg)
+    client = MlflowClient()
+    with mlflow.start_run() as run:                   # version 3: not an aim-video model at all
+        mlflow.log_text("not a model", "notes/readme.txt")
+    client.create_model_version("alpha", f"{run.info.artifact_uri}/notes", run.info.run_id)
+
+    pool = ModelPool("cpu")
+    ref = ServedRef("alpha", alias="champion")
+    models = {"alpha": pool.load(ref, "1")}
+    watcher = AliasWatcher(pool, models, interval_s=3600)
+    said: list[str] = []
+    recorder = logging.Handler(logging.INFO)
+    recorder.emit = lambda record: said.append(record.getMessage())
+    serve_log = logging.getLogger("ray.serve")         # where a replica's Serve log comes from
+    level = serve_log.level
+    serve_log.setLevel(logging.INFO)
+    serve_log.addHandler(recorder)
+    try:
+        assert watcher.poll() == []
+        client.set_registered_model_alias("alpha", "champion", "3")
+        assert watcher.poll() == [] and watcher.poll() == []
+        assert models["alpha"].version == "1"         # the old version goes on serving
+        old = models["alpha"]
+        client.set_registered_model_alias("alpha", "champion", "2")
+        assert watcher.poll() == ["alpha"] and models["alpha"].version == "2"
+    finally:
+        serve_log.removeHandler(recorder)
+        serve_log.setLevel(level)
+    assert sum("version 3 does not load, still serving version 1" in m for m in said) == 1
+    assert "models:/alpha@champion: version 1 -> 2" in said
+    assert shared_with({"old": old.model, "new": models["alpha"].model})["new"] == ["old"]
+
+
 # ----------------------------------------------------------------------------------------------
 # A real Serve application over HTTP (one per module, reused by every test below)
 # ----------------------------------------------------------------------------------------------

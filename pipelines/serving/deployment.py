@@ -20,8 +20,8 @@ start, each replica holds them all because a model costs only its adapters, and 
 swap versions in place.
 """
 
-# No ``from __future__ import annotations`` here: FastAPI reads the routes' parameter types at
-# run time, and Serve's ingress wrapper hides this module's globals from it.
+# No ``from __future__ import annotations`` here: with postponed annotations, FastAPI took the
+# Serve-wrapped route's ``request: Request`` for a required query field (every call a 422).
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +59,7 @@ def prediction(served: ServedModel, probs: torch.Tensor, views: int, topk: int
 
 
 def listing(models: dict[str, ServedModel]) -> dict[str, Any]:
+    models = dict(models)              # one view of them, whatever the watcher swaps meanwhile
     sharing = shared_with({name: served.model for name, served in models.items()})
     rows = []
     for name, served in models.items():

@@ -42,7 +42,10 @@ class AliasWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.poll()
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the watch goes on; the round is in the log
+                log.exception("alias watch round failed")
 
     def poll(self) -> list[str]:
         """Look every alias up once and swap what moved; returns the names that changed."""
