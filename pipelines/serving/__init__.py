@@ -6,5 +6,6 @@
 - :mod:`~pipelines.serving.inputs`: an upload or an allowed URI to test views, within limits;
 - :mod:`~pipelines.serving.watcher`: aliases followed in the registry, versions swapped live;
 - :mod:`~pipelines.serving.deployment`: the Serve replica and its HTTP routes;
+- :mod:`~pipelines.serving.loopback`: a private cluster's replicas kept on 127.0.0.1;
 - :mod:`~pipelines.serving.launch`: ``aim-video serve`` on the driver.
 """

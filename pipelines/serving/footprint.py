@@ -73,7 +73,7 @@ class SharingEstimate:
 
 
 def sharing_estimate(cfg: ModelConfig) -> SharingEstimate:
-    """Count on the meta device (no weights, no memory): frozen vs tunable parameters and buffers."""
+    """Count on the meta device (no weights, no memory): frozen vs tunable tensors' elements."""
     from aim_core.backbones import build_model
 
     model = build_model(cfg, device="meta")

@@ -134,7 +134,8 @@ VideoSource = Upload | StoredVideo
 @dataclass(frozen=True)
 class UriPolicy:
     """Which locations a JSON request's ``uri`` may name: under one of ``prefixes`` (absolute
-    folders, or URI prefixes such as ``s3://bucket/videos/``), after ``..`` and links are resolved."""
+    folders, or URI prefixes such as ``s3://bucket/videos/``), once ``..`` and links are resolved.
+    """
 
     prefixes: tuple[str, ...] = ()
 
