@@ -9,7 +9,8 @@ over HTTP from client threads in this process: to one served model, to the same 
 (at the most clients), then round robin to three models that share one backbone copy. Per row:
 requests per second, p50 / p99 latency, and the CPU time the replica and the proxy spent per
 request (read from /proc, beside the wall time). It also prints the weight memory the replica
-reports, and the meta-device count for CLIP ViT-B/16. The clients share the machine's CPUs with
+reports, the CPU cost of the replica's own path (decode, forward) without HTTP or Serve, and the
+meta-device count for CLIP ViT-B/16. The clients share the machine's CPUs with
 the server: on two cores that caps every figure.
 """
 
@@ -134,6 +135,31 @@ def measure(url: str, session: str, names: list[str], batch: int, videos: list[b
                1e3 * p99, 1e3 * cpu / total)
 
 
+def in_process_cpu_ms(cfg: Config, videos: list[bytes], batch: int, decode_only: bool = False,
+                      repeats: int = 96) -> float:
+    """CPU ms per video of the replica's own path without HTTP or Serve (decode, then forward
+    ``batch`` videos at a time), in this process with one torch thread, as a Ray worker with
+    one CPU runs it."""
+    from aim_core.inference import Inference
+    from pipelines.serving.inputs import Upload, decode_views
+    from pipelines.serving.pool import ServedModel, score_videos
+
+    served = ServedModel(ServedRef("m", version="1"), "1", build_model(cfg.model).eval(), cfg,
+                         [], Inference.for_config(cfg, "cpu"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.process_time()
+    for first in range(0, repeats, batch):
+        items = [(served, decode_views(Upload(videos[i % len(videos)]), cfg,
+                                       time.monotonic() + 60, len(videos[i % len(videos)])))
+                 for i in range(first, first + batch)]
+        if not decode_only:
+            score_videos(items)
+    cpu = time.process_time() - start
+    torch.set_num_threads(threads)
+    return 1e3 * cpu / (repeats // batch * batch)
+
+
 def serve_scenario(names: list[str], settings: ServeConfig, tracking_uri: str) -> str:
     from pipelines.serving.launch import serve_app
 
@@ -189,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="aim-serve-bench-") as tmp:
         cfg, paths = register_demo_models(Path(tmp), args.pretrain_steps)
         videos = [p.read_bytes() for p in paths]
+        in_process = {"decode": in_process_cpu_ms(cfg, videos, 1, decode_only=True),
+                      "decode + forward, batch 1": in_process_cpu_ms(cfg, videos, 1),
+                      "decode + forward, batch 8": in_process_cpu_ms(cfg, videos, 8)}
         context = ray.init(address="local", num_cpus=2, include_dashboard=False,
                            log_to_driver=False)
         session = context.address_info["session_dir"]
@@ -215,9 +244,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs here:")
     print(format_rows(rows))
     print(format_memory(memory))
+    print("the replica's path in this process, no HTTP or Serve, CPU per video: "
+          + ", ".join(f"{what} {ms:.1f} ms" for what, ms in in_process.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [asdict(r) for r in rows],
-                                               "memory": memory}, indent=1) + "\n")
+                                               "memory": memory, "in_process_cpu_ms": in_process},
+                                              indent=1) + "\n")
     return 0
 
 

@@ -90,6 +90,7 @@ def test_the_serve_benchmark_compares_one_model_with_three_sharing_a_backbone(tm
     assert [(r["models"], r["max_batch_size"], r["clients"]) for r in figures["rows"]] == [
         (1, 8, 1), (1, 8, 2), (1, 1, 2), (3, 8, 1), (3, 8, 2)]
     assert all(r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in figures["rows"])
+    assert all(ms > 0 for ms in figures["in_process_cpu_ms"].values())
     one, three = figures["memory"]["1"], figures["memory"]["3"]
     assert one["weight_bytes"] == one["separate_bytes"]
     assert three["separate_bytes"] == 3 * one["weight_bytes"]
