@@ -414,6 +414,32 @@ def _report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# serve
+# ----------------------------------------------------------------------------------------------
+
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="models:/NAME@ALIAS (followed "
+                        "as the alias moves) or models:/NAME/VERSION; NAME is the route")
+    parser.add_argument("--host", help="where the HTTP proxy listens (default: 127.0.0.1, this "
+                        "machine only; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=int, help="HTTP port (default: 8000)")
+    parser.add_argument("--allow-uri", action="append", metavar="PREFIX", help="a folder or URI "
+                        "prefix JSON requests may name (repeatable; default: uploads only)")
+    add_set_arg(parser, "another serve setting, e.g. --set max_batch_size=16 (repeatable)")
+
+
+@command("serve", "serve registered models over HTTP on Ray Serve: one frozen backbone per "
+         "replica, many adapter sets", _serve_args)
+def _serve(args: argparse.Namespace) -> int:
+    from pipelines.serving.launch import run_serve
+    from pipelines.serving.settings import ServeConfig
+
+    flags = {"host": args.host, "port": args.port, "allowed_uri_prefixes": args.allow_uri}
+    given = {key: value for key, value in flags.items() if value is not None}
+    return run_serve(args.models, ServeConfig.from_dict({**given, **dict(args.overrides)}))
+
+
+# ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     verbosity = argparse.ArgumentParser(add_help=False)
@@ -440,12 +466,13 @@ def expected_failure(exc: BaseException) -> bool:
     from aim_core.video import VideoDecodeError
     from pipelines.evaluation.compare import EvalMismatchError
     from pipelines.preflight import InlineCredentialsError, StorageError
+    from pipelines.serving.launch import ServeError
     from pipelines.tracking.references import ModelReferenceError
     from pipelines.train.driver import RunExistsError
 
     return isinstance(exc, (ConfigError, AnnotationError, InlineCredentialsError, StorageError,
                             RunExistsError, BackboneError, ModelFileError, ModelReferenceError,
-                            VideoDecodeError,
+                            VideoDecodeError, ServeError,
                             EvalMismatchError, MlflowException, OSError))
 
 

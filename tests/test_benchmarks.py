@@ -91,3 +91,24 @@ def test_the_loader_benchmark_measures_raw_and_prepared_storage_in_train_workers
         assert row["clips_per_s"] > 0 and row["decode_ms"] > 0 and row["train_ms"] >= 0
     # keyframe-dense storage is bigger than x264's defaults: the price of cheap seeks
     assert rows["prepared (default)"]["bytes"] > rows["raw (x264 defaults)"]["bytes"]
+
+
+@pytest.mark.slow
+def test_the_serve_benchmark_compares_one_model_with_three_sharing_a_backbone(tmp_path):
+    out = tmp_path / "serve.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--requests", "4", "--clients",
+         "1,2", "--pretrain-steps", "5", "--json", str(out)],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| served models | max batch | clients | requests/s | p50 | p99 |" in proc.stdout
+    assert "| 8 | 173.5M (0.65 GiB) | 774.1M (2.88 GiB) | 0.22x |" in proc.stdout   # ViT-B/16
+    figures = json.loads(out.read_text())
+    assert [(r["models"], r["max_batch_size"], r["clients"]) for r in figures["rows"]] == [
+        (1, 8, 1), (1, 8, 2), (1, 1, 2), (3, 8, 1), (3, 8, 2)]
+    assert all(r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in figures["rows"])
+    assert all(ms > 0 for ms in figures["in_process_cpu_ms"].values())
+    one, three = figures["memory"]["1"], figures["memory"]["3"]
+    assert one["weight_bytes"] == one["separate_bytes"]
+    assert three["separate_bytes"] == 3 * one["weight_bytes"]
+    assert one["weight_bytes"] < three["weight_bytes"] < 1.5 * one["weight_bytes"]

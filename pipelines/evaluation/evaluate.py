@@ -16,13 +16,14 @@ count as a wrong prediction, and it does not stop the evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import IO, Any, Callable, Union
 
 import numpy as np
 import torch
@@ -46,15 +47,18 @@ CONFUSION_FILE = "confusion.png"
 # One video
 # ----------------------------------------------------------------------------------------------
 
-def load_views(path: str | os.PathLike[str], cfg: Config,
+def load_views(path: str | os.PathLike[str] | IO[bytes], cfg: Config,
                transform: Callable[[np.ndarray], torch.Tensor] | None = None) -> torch.Tensor:
     """All test views of one video: float ``(clips * crops, 3, T, H, W)``, CLIP-normalised.
 
-    Raises :class:`VideoDecodeError` when the file cannot be read as video.
+    ``path`` is a path, a URI, or an open binary file (an upload in a ``BytesIO``). Raises
+    :class:`VideoDecodeError` when it cannot be read as video.
     """
     transform = transform or build_test_transform(cfg.data, cfg.model.image_size)
     t = cfg.model.num_frames
-    with open_video_source(os.fspath(path)) as source:
+    opened = (contextlib.nullcontext(path) if hasattr(path, "read")
+              else open_video_source(os.fspath(path)))
+    with opened as source:
         n = probe_video(source).num_frames
         clips = clip_indices(cfg.data, n, t, train=False)
         frames = decode_frames(source, [i for clip in clips for i in clip],

@@ -49,6 +49,13 @@ def is_mlflow_uri(ref: str) -> bool:
     return str(ref).startswith(("models:/", "runs:/")) or bool(_RUN_ID.match(str(ref)))
 
 
+def registry_reference(uri: str) -> tuple[str, str | None, str | None] | None:
+    """``(name, alias, version)`` of ``models:/NAME@ALIAS`` (version None) or
+    ``models:/NAME/VERSION`` (alias None); None for any other reference."""
+    match = _MODELS_URI.match(str(uri))
+    return (match["name"], match["alias"], match["version"]) if match else None
+
+
 def source_run_id(uri: str) -> str | None:
     """The MLflow run a ``models:/``, ``runs:/`` or run-id reference was logged in."""
     uri = str(uri)
