@@ -121,7 +121,7 @@ def load_backbone_weights(cfg: BackboneConfig) -> tuple[dict[str, torch.Tensor] 
         log.warning("*** model.backbone.pretrained is null: the %s backbone %r is RANDOMLY "
                     "INITIALISED. AIM adapts a pre-trained image model; expect chance-level "
                     "results unless this is a test. ***", cfg.source, cfg.name)
-        return None, BackboneIdentity(cfg.source, cfg.name, None, None, True)
+        return None, declared_identity(cfg)
     path = Path(os.path.expanduser(cfg.pretrained))
     if path.is_file():
         state = convert_to_vit_layout(read_weights_file(path))
@@ -291,27 +291,32 @@ def fit_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 def build_model(cfg: ModelConfig, *, device: str | torch.device | None = None,
-                load_weights: bool = True):
+                load_weights: bool = True, identity: BackboneIdentity | None = None):
     """The video classifier with the frozen backbone's weights in place.
 
     ``device='meta'`` builds shapes only (parameter and FLOP counting of ViT-L/14 costs no memory);
-    weights are then not loaded.
+    weights are then not loaded, nor with ``load_weights=False``. ``identity`` describes the
+    backbone as a checkpoint recorded it (else: as loaded, or as the config declares it).
     """
     from .model import VideoClassifier
 
     spec = resolve_spec(cfg.backbone)
     if str(device) == "meta":
         with torch.device("meta"):
-            return VideoClassifier(cfg, spec)
-    model = VideoClassifier(cfg, spec)
-    identity = BackboneIdentity(cfg.backbone.source, cfg.backbone.name, cfg.backbone.pretrained,
-                                None, cfg.backbone.pretrained is None)
-    if load_weights:
-        state, identity = load_backbone_weights(cfg.backbone)
-        if state is not None:
-            load_frozen_weights(model, state)
-    model.backbone_identity = identity
+            return VideoClassifier(cfg, spec, identity or declared_identity(cfg.backbone))
+    if not load_weights:
+        model = VideoClassifier(cfg, spec, identity or declared_identity(cfg.backbone))
+        return model.to(device) if device is not None else model
+    state, loaded = load_backbone_weights(cfg.backbone)
+    model = VideoClassifier(cfg, spec, identity or loaded)
+    if state is not None:
+        load_frozen_weights(model, state)
     return model.to(device) if device is not None else model
+
+
+def declared_identity(cfg: BackboneConfig) -> BackboneIdentity:
+    """The backbone's identity as the config names it, without reading its weights."""
+    return BackboneIdentity(cfg.source, cfg.name, cfg.pretrained, None, cfg.pretrained is None)
 
 
 _IMAGE_MODEL_KEY = re.compile(r"^(patch_embed\.|ln_pre\.|ln_post\.|blocks\.\d+\.(ln_1|ln_2|attn|mlp)\.)")

@@ -87,13 +87,13 @@ def load_model(path: str | Path, backbone_file: str | Path | None = None,
     identity = payload["backbone"]
     if identity["random_init"]:
         cfg.model.backbone.pretrained = None
-        model = build_model(cfg.model, load_weights=False)
-        model.backbone_identity = BackboneIdentity(**identity)
+        model = build_model(cfg.model, load_weights=False, identity=BackboneIdentity(**identity))
     else:
         if backbone_file is not None:
             cfg.model.backbone.pretrained = str(backbone_file)
         _check_backbone_file(cfg, identity)
-        model = build_model(cfg.model)
+        # described as trained, wherever the (same, by its SHA-256) file lies now
+        model = build_model(cfg.model, identity=BackboneIdentity(**identity))
     try:
         result = model.load_state_dict(payload["state_dict"], strict=identity["random_init"])
     except RuntimeError as exc:  # strict loading, or weights of another shape

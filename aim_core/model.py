@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.utils.checkpoint
@@ -14,11 +15,52 @@ from .blocks import AIMBlock, BlockAdapters, DividedSpaceTimeBlock
 from .config import ModelConfig, parse_placement
 from .vit import PatchEmbed, ViTSpec
 
+if TYPE_CHECKING:
+    from .backbones import BackboneIdentity
+
 log = logging.getLogger(__name__)
 
 # Parameter-name fragments that train in the AIM recipe (adapters, temporal embedding, final norm,
 # head); everything else is the frozen image model.
 _AIM_TUNABLE = ("adapter", "temporal_embedding", "ln_post", "head.")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a row of the paper's Table 1 builds and trains, resolved once from the config (the one
+    place that reads ``model.variant``)."""
+
+    divided_space_time: bool         # TimeSformer's blocks instead of AIM's
+    adapters: BlockAdapters          # what each adapted block carries
+    adapted_blocks: frozenset[int]
+    trains: str                      # "all" | "head" | "adapters" (adapters, embedding, norm, head)
+    train_temporal_embedding: bool = True
+
+    @classmethod
+    def of(cls, cfg: ModelConfig, layers: int) -> "Variant":
+        if cfg.variant == "timesformer":
+            return cls(True, BlockAdapters(), frozenset(), "all")
+        if cfg.variant != "aim":
+            trains = "all" if cfg.variant == "finetuned_space_only" else "head"
+            return cls(False, BlockAdapters(), frozenset(), trains)
+        on, a = set(cfg.adapter.adaptations), cfg.adapter
+        adapters = BlockAdapters(spatial="spatial" in on, temporal="temporal" in on,
+                                 joint="joint" in on, temporal_in=a.temporal_adapters == 2,
+                                 ratio=a.ratio, scale=a.scale)
+        blocks = frozenset(parse_placement(a.placement, layers)) if on else frozenset()
+        return cls(False, adapters, blocks, "adapters", cfg.train_temporal_embedding)
+
+    @property
+    def models_time(self) -> bool:
+        """Whether frames carry a temporal embedding: the variant attends across time."""
+        return self.divided_space_time or self.adapters.temporal
+
+    def is_tunable(self, name: str) -> bool:
+        if self.trains != "adapters":
+            return self.trains == "all" or name.startswith("head.")
+        if name == "temporal_embedding":
+            return self.train_temporal_embedding
+        return any(key in name for key in _AIM_TUNABLE)
 
 
 class VideoClassifier(nn.Module):
@@ -29,20 +71,22 @@ class VideoClassifier(nn.Module):
     through the final norm; the per-frame features are averaged over time and classified.
     """
 
-    def __init__(self, cfg: ModelConfig, spec: ViTSpec) -> None:
+    def __init__(self, cfg: ModelConfig, spec: ViTSpec, backbone_identity: BackboneIdentity
+                 ) -> None:
         super().__init__()
         self.cfg = cfg
         self.spec = spec
+        self.variant = Variant.of(cfg, spec.layers)
+        # Which frozen weights this model sits on: what a checkpoint records, serving shares by
+        # and a relocated backbone file is checked against. Set here only.
+        self.backbone_identity = backbone_identity
         self.num_frames = cfg.num_frames
         self.grad_checkpointing = cfg.grad_checkpointing
         d = spec.width
-        self.adapted_blocks = _adapted_blocks(cfg, spec)
-        self.models_time = cfg.variant == "timesformer" or (
-            cfg.variant == "aim" and "temporal" in cfg.adapter.adaptations)
 
         self.patch_embed = PatchEmbed(spec, cfg.image_size)
         self.temporal_embedding = (nn.Parameter(torch.zeros(1, cfg.num_frames, d))
-                                   if self.models_time else None)
+                                   if self.variant.models_time else None)
         self.ln_pre = nn.LayerNorm(d, eps=spec.ln_eps) if spec.pre_norm else nn.Identity()
         rates = [cfg.drop_path * i / max(spec.layers - 1, 1) for i in range(spec.layers)]
         self.blocks = nn.ModuleList(self._make_block(i, rate) for i, rate in enumerate(rates))
@@ -54,30 +98,17 @@ class VideoClassifier(nn.Module):
         self.set_trainable()
 
     def _make_block(self, index: int, drop_path: float) -> nn.Module:
-        cfg = self.cfg
-        if cfg.variant == "timesformer":
+        variant = self.variant
+        if variant.divided_space_time:
             return DividedSpaceTimeBlock(self.spec, drop_path)
-        adapters = BlockAdapters()
-        if cfg.variant == "aim" and index in self.adapted_blocks:
-            on = set(cfg.adapter.adaptations)
-            adapters = BlockAdapters(spatial="spatial" in on, temporal="temporal" in on,
-                                     joint="joint" in on,
-                                     temporal_in=cfg.adapter.temporal_adapters == 2,
-                                     ratio=cfg.adapter.ratio, scale=cfg.adapter.scale)
-        full = cfg.variant == "finetuned_space_only"
+        adapters = variant.adapters if index in variant.adapted_blocks else BlockAdapters()
+        full = variant.trains == "all"
         return AIMBlock(self.spec, adapters, drop_path if (adapters.any or full) else 0.0,
                         full_finetune=full)
 
     # ------------------------------------------------------------------ what trains
     def is_tunable(self, name: str) -> bool:
-        variant = self.cfg.variant
-        if variant in ("finetuned_space_only", "timesformer"):
-            return True
-        if variant == "frozen_space_only":
-            return name.startswith("head.")
-        if name == "temporal_embedding":
-            return self.cfg.train_temporal_embedding
-        return any(key in name for key in _AIM_TUNABLE)
+        return self.variant.is_tunable(name)
 
     def set_trainable(self) -> None:
         for name, param in self.named_parameters():
@@ -145,12 +176,6 @@ class VideoClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _adapted_blocks(cfg: ModelConfig, spec: ViTSpec) -> set[int]:
-    if cfg.variant != "aim" or not cfg.adapter.adaptations:
-        return set()
-    return set(parse_placement(cfg.adapter.placement, spec.layers))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -203,7 +203,9 @@ def load_official_checkpoint(path: str | Path, **overrides: Any) -> VideoClassif
     """
     state = read_official_state(path)
     cfg = official_model_config(state, **overrides)
-    model = VideoClassifier(cfg, official_spec(state, cfg.image_size))
+    identity = BackboneIdentity("official-aim", cfg.backbone.name, str(path),
+                                file_sha256(Path(path)), False)
+    model = VideoClassifier(cfg, official_spec(state, cfg.image_size), identity)
     try:
         result = model.load_state_dict(convert_official_state(state), strict=False)
     except (KeyError, RuntimeError) as exc:  # a tensor missing or of another shape
@@ -213,8 +215,6 @@ def load_official_checkpoint(path: str | Path, **overrides: Any) -> VideoClassif
         raise ModelFileError(f"{path}: checkpoint does not match the inferred architecture; "
                              f"missing {result.missing_keys[:5]}, unexpected "
                              f"{result.unexpected_keys[:5]}")
-    model.backbone_identity = BackboneIdentity("official-aim", cfg.backbone.name, str(path),
-                                               file_sha256(Path(path)), False)
     return model.eval()
 
 

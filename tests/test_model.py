@@ -174,6 +174,26 @@ def test_random_backbone_is_said_loudly_and_recorded(caplog):
     assert model.backbone_identity.random_init
 
 
+def test_each_variant_trains_what_table_1_says():
+    trained = {variant: {k.split(".")[0] for k, p in build_model(tiny_cfg(variant), device="meta")
+                         .named_parameters() if p.requires_grad}
+               for variant in ("aim", "frozen_space_only", "finetuned_space_only", "timesformer")}
+    assert trained["aim"] == {"temporal_embedding", "blocks", "ln_post", "head"}
+    assert trained["frozen_space_only"] == {"head"}
+    assert trained["finetuned_space_only"] == trained["timesformer"] - {"temporal_embedding"} == {
+        "patch_embed", "blocks", "ln_pre", "ln_post", "head"}
+    spatial_only = build_model(tiny_cfg(adaptations=["spatial"]), device="meta")
+    assert spatial_only.temporal_embedding is None   # nothing attends across time
+
+
+def test_the_backbone_identity_is_known_however_the_model_is_built(clip_tower):
+    _, weights = clip_tower
+    declared = build_model(tiny_cfg(weights=weights), device="meta").backbone_identity
+    loaded = build_model(tiny_cfg(weights=weights)).backbone_identity
+    assert (declared.pretrained, declared.sha256, declared.random_init) == (weights, None, False)
+    assert loaded.pretrained == weights and len(loaded.sha256) == 64
+
+
 def test_wrong_frame_count_is_a_clear_error():
     with pytest.raises(ValueError, match="built for 4 frames"):
         build_model(tiny_cfg())(torch.zeros(1, 3, 2, 32, 32))

@@ -25,8 +25,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from aim_core.backbones import BackboneIdentity
-from aim_core.checkpoint import MODEL_FILE, ModelFileError, load_model, read_model_file
+from aim_core.checkpoint import MODEL_FILE, ModelFileError, load_model
 from aim_core.config import Config, DataConfig
 from aim_core.model import VideoClassifier
 
@@ -165,9 +164,7 @@ def _load_downloaded(local: Path, ref: str, device: str | torch.device) -> Loade
         ckpt, backbone = _inside(local, str(found[0]), MODEL_FILE), None
     model, cfg, class_names = load_model(ckpt, backbone_file=backbone, device=device)
     if backbone is not None:  # the download is temporary: describe the model as it was trained
-        identity = read_model_file(ckpt)["backbone"]
-        cfg.model.backbone.pretrained = identity["pretrained"]
-        model.backbone_identity = BackboneIdentity(**identity)
+        cfg.model.backbone.pretrained = model.backbone_identity.pretrained
     return model, cfg, class_names
 
 
