@@ -273,7 +273,7 @@ def test_asha_stops_a_trial_that_falls_behind_at_the_first_rung(tmp_path, assets
 
 def _interrupt_when_a_trial_is_done_and_another_half_way(meta) -> None:
     """Ctrl-C the sweep once one trial finished and the next one has an epoch-1 checkpoint."""
-    client, deadline = MlflowClient(meta.tracking_uri), time.time() + 300
+    client, deadline = MlflowClient(meta.tracking_uri), time.time() + 900
     while time.time() < deadline:
         time.sleep(0.3)
         meta_file = Path(meta.path) / "aim_sweep.json"
