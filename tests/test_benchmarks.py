@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from aim_core.backbones import build_model
+from aim_core.config import BackboneConfig, ModelConfig
 from benchmarks.memory import LiveTensorPeak, storage_bytes
+from benchmarks.official_math import official_forward, official_names, official_twin
+from benchmarks.train_step import bf16_peak_tflops, make_step
 
 MB = 2**20
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +50,58 @@ def test_backward_memory_is_tracked_too():
     with LiveTensorPeak(existing=[x]) as live:
         (x.exp() * 2).sum().backward()
     assert live.peak >= 2 * x.nbytes                 # exp's saved output and x's gradient
+
+
+def official_geometry_cfg(**changes) -> ModelConfig:
+    """A small CLIP-style AIM that the official math covers: QuickGELU, 64-wide heads."""
+    backbone = BackboneConfig(source="tiny", name="tiny", width=128, layers=2, heads=2,
+                              patch_size=8, act="quick_gelu")
+    return ModelConfig(backbone=backbone, num_classes=5, num_frames=4, image_size=32,
+                       drop_path=0.0, head_dropout=0.0, **changes)
+
+
+def test_the_official_variant_trains_the_same_tensors_as_ours():
+    ours = build_model(official_geometry_cfg())
+    twin = official_twin(ours)
+    names = official_names(twin)
+    assert set(names) == set(ours.state_dict())
+    ours_tunable = {names[n] for n, p in ours.named_parameters() if p.requires_grad}
+    assert ours_tunable == {n for n, p in twin.named_parameters() if p.requires_grad}
+    assert any("T_Adapter" in n for n in ours_tunable) and "cls_head.fc_cls.weight" in ours_tunable
+    assert "backbone.transformer.resblocks.0.attn.in_proj_weight" not in ours_tunable
+
+
+@pytest.mark.parametrize("temporal_adapters", [1, 2])
+def test_the_official_variant_starts_from_our_weights_with_the_same_loss_and_gradients(
+        temporal_adapters):
+    from aim_core.config import AdapterConfig
+
+    torch.manual_seed(0)
+    ours = build_model(official_geometry_cfg(adapter=AdapterConfig(
+        temporal_adapters=temporal_adapters))).train()
+    twin = official_twin(ours)
+    x = torch.randn(2, 3, 4, 32, 32)
+    y = torch.tensor([1, 3])
+    losses = []
+    for model, forward in ((ours, ours), (twin, lambda c: official_forward(twin, c))):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses.append([make_step(model, opt, x, y, "fp32", forward=forward)() for _ in range(3)])
+    # the first loss is at initialisation; the next two follow identical AdamW updates
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    assert losses[0][0] != losses[0][2]
+
+
+def test_the_official_variant_refuses_what_the_official_math_does_not_cover():
+    with pytest.raises(ValueError, match="official math covers full AIM"):
+        official_twin(build_model(official_geometry_cfg(variant="timesformer")))
+
+
+@pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
+                                       ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0),
+                                       ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.0),
+                                       ("NVIDIA A10G", None), ("Tesla V100-SXM2-16GB", None)])
+def test_mfu_uses_the_dense_bf16_peak_of_the_named_card(name, peak):
+    assert bf16_peak_tflops(name) == peak
 
 
 @pytest.mark.slow
