@@ -137,6 +137,21 @@ def test_grad_checkpointing_gives_the_same_gradients(setting):
             torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_quick_gelu_mlp_computes_the_literal_formula_and_its_gradients():
+    from aim_core.vit import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64, "quick_gelu")
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    h = mlp.c_fc(x)
+    literal = mlp.c_proj(h * torch.sigmoid(1.702 * h))
+    fused = mlp(x)
+    torch.testing.assert_close(fused, literal)
+    (grad_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    (grad_literal,) = torch.autograd.grad(literal.square().sum(), x)
+    torch.testing.assert_close(grad_fused, grad_literal)
+
+
 @pytest.mark.parametrize("num_tadapter", [1, 2])
 def test_released_checkpoint_loads_and_reproduces_official_logits(tmp_path, num_tadapter):
     torch.manual_seed(0)
