@@ -60,23 +60,39 @@ class Attention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _heads(self, x: torch.Tensor, parts: int, start: int = 0) -> tuple[torch.Tensor, ...]:
+        """``parts`` of q, k, v from ``start``, as ``(batch, heads, tokens, head_dim)`` views."""
         b, n, d = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        # unbind, not indexing: three index ops each allocate a full-size zero gradient in backward
-        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        rows = slice(start * d, (start + parts) * d)
+        proj = F.linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows])
+        # unbind, not indexing: index ops each allocate a full-size zero gradient in backward
+        return proj.view(b, n, parts, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _qkv(self, x: torch.Tensor, queries: int | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if queries is None:
+            q, k, v = self._heads(x, 3)
+            return q, k, v
+        (q,), (k, v) = self._heads(x[:, :queries], 1), self._heads(x, 2, start=1)
         return q, k, v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: int | None = None,
+                project: bool = True) -> torch.Tensor:
+        """``(batch, tokens, dim)`` to ``(batch, queries or tokens, dim)``.
+
+        ``queries``: only the first ``queries`` tokens ask (all tokens are keys and values), when
+        only their outputs are read. ``project=False`` skips ``out_proj``, for a caller that folds
+        it into its next linear layer.
+        """
         b, n, d = x.shape
-        q, k, v = self._qkv(x)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+        q, k, v = self._qkv(x, queries)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, q.shape[2], d)
+        return self.out_proj(out) if project else out
 
     @torch.no_grad()
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax attention weights ``(batch, heads, tokens, tokens)``, for visualisation only."""
-        q, k, _ = self._qkv(x)
+        q, k, _ = self._qkv(x, None)
         scores = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5)
         return scores.softmax(dim=-1)
 

@@ -137,6 +137,41 @@ def test_grad_checkpointing_gives_the_same_gradients(setting):
             torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("variant,adapter", [
+    ("aim", {}), ("aim", {"temporal_adapters": 2}), ("aim", {"adaptations": ["spatial", "joint"]}),
+    ("timesformer", {}), ("finetuned_space_only", {}),
+])
+def test_shortcuts_give_the_logits_and_gradients_of_the_literal_equations(variant, adapter):
+    """CLS-only last block and T-MSA's projection folded into the temporal adapter change nothing
+    but the amount of work."""
+    torch.manual_seed(0)
+    fast = build_model(tiny_cfg(variant, **adapter)).train()
+    perturb_adapters(fast)
+    literal = copy.deepcopy(fast)
+    literal.set_shortcuts(False)
+    x = clips()
+    outputs = []
+    for model in (fast, literal):
+        logits = model(x)
+        logits.square().sum().backward()
+        outputs.append(logits)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    for (name, a), (_, b) in zip(fast.named_parameters(), literal.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shortcuts_do_less_work_than_the_paper_counts():
+    from aim_core.accounting import gmacs_per_view
+
+    cfg = tiny_cfg()
+    model = build_model(cfg).eval()
+    fast = gmacs_per_view(model, cfg)
+    model.set_shortcuts(False)
+    assert fast < 0.97 * gmacs_per_view(model, cfg)
+
+
 def test_quick_gelu_mlp_computes_the_literal_formula_and_its_gradients():
     from aim_core.vit import Mlp
 
