@@ -65,8 +65,10 @@ class Attention(nn.Module):
         b, n, d = x.shape
         rows = slice(start * d, (start + parts) * d)
         proj = F.linear(x, self.in_proj_weight[rows], self.in_proj_bias[rows])
-        # unbind, not indexing: index ops each allocate a full-size zero gradient in backward
-        return proj.view(b, n, parts, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        # unbind, not indexing (index ops each allocate a full-size zero gradient in backward), on
+        # the parts axis in place (backward stacks the gradients straight into proj's layout)
+        split = proj.view(b, n, parts, self.heads, d // self.heads).unbind(2)
+        return tuple(t.transpose(1, 2) for t in split)
 
     def _qkv(self, x: torch.Tensor, queries: int | None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
