@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from aim_core.backbones import build_model
 from aim_core.checkpoint import MODEL_FILE, save_model
 from aim_core.config import Config
+from aim_core.model import compile_model
 from aim_core.transforms import build_train_transform
 
 from . import ingest
@@ -48,6 +49,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     model = build_model(cfg.model)
+    if cfg.model.compile:
+        compile_model(model)
     class_names: list[str] = config["class_names"]
     ddp_model = ray.train.torch.prepare_model(model)
     optimizer = build_optimizer(model, cfg.optim)

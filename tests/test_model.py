@@ -172,6 +172,34 @@ def test_shortcuts_do_less_work_than_the_paper_counts():
     assert fast < 0.97 * gmacs_per_view(model, cfg)
 
 
+@pytest.mark.slow  # compiling takes about a minute per precision on two cores (C++ codegen)
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-5), ("bf16", 2e-2)])
+def test_compiled_and_eager_models_give_the_same_logits_and_gradients(precision, tolerance):
+    from aim_core.model import compile_model
+
+    torch.manual_seed(0)
+    eager = build_model(tiny_cfg(temporal_adapters=2)).train()
+    perturb_adapters(eager)
+    compiled = compile_model(copy.deepcopy(eager))
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = clips()
+    logits = []
+    for model in (eager, compiled):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x).float()
+        out.square().sum().backward()
+        logits.append(out)
+    scale = logits[0].abs().max().item()
+    torch.testing.assert_close(logits[1], logits[0], atol=tolerance * scale, rtol=tolerance)
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, atol=tolerance * a.grad.abs().max().item(),
+                                       rtol=tolerance, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(x), eager.eval()(x), atol=1e-5, rtol=1e-5)
+
+
 def test_quick_gelu_mlp_computes_the_literal_formula_and_its_gradients():
     from aim_core.vit import Mlp
 
