@@ -130,3 +130,36 @@ def test_the_ingest_benchmark_runs_and_prints_its_table():
     table = proc.stdout.split("c/s = clips per second\n", 1)[1].splitlines()
     assert table[0].split("|")[0].strip() == "GOP" and len(table) == 2 + 2   # header, rule, 2 GOPs
     assert "skipped" not in proc.stdout and "(c) Ray Data, 2 CPU" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_checks_as_cpu_stand_ins_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run benchmarks/gpu_check.py itself")
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--json",
+                           str(out)], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    checks = {c["name"]: c for c in json.loads(out.read_text())}
+    assert list(checks) == ["environment", "step", "against official", "compiled = eager",
+                            "ray train"]
+    assert all(c["status"] == "stand-in" for c in checks.values())
+    assert "GPU NOT CHECKED" in proc.stdout
+    assert len(checks["ray train"]["detail"]["epochs"]) == 2
+
+
+@pytest.mark.slow
+def test_the_step_benchmark_against_the_official_math_starts_from_the_same_loss(tmp_path):
+    out = tmp_path / "official.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--against-official",
+         "--device", "cpu", "--backbone", "ViT-B-32", "--size", "32", "--frames", "2",
+         "--batch", "1", "--warmup", "1", "--steps", "1", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads(out.read_text())["results"]["against_official"]
+    assert [r["precision"] for r in runs] == ["fp32", "bf16"]
+    fp32 = runs[0]
+    assert fp32["first_loss"]["ours"] == pytest.approx(fp32["first_loss"]["official"], abs=1e-5)
+    assert set(fp32["models"]) == {"ours", "official"}
+    assert "fp32: ours is" in proc.stdout and "as fast as the official math" in proc.stdout
