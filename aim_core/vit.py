@@ -103,7 +103,7 @@ QUICK_GELU_SCALE = 1.702
 
 
 class Mlp(nn.Module):
-    """``c_proj(act(c_fc(x)))``; ``act`` is GELU or OpenAI CLIP's QuickGELU, ``x * sigmoid(1.702 x)``.
+    """``c_proj(act(c_fc(x)))``, ``act`` being GELU or CLIP's QuickGELU ``x * sigmoid(1.702 x)``.
 
     QuickGELU runs as ``silu(1.702 h) / 1.702`` with both factors folded into the weights around it
     (``1.702 c_fc``, ``c_proj / 1.702``: weight-sized products, not activation-sized ones), so

@@ -225,9 +225,15 @@ def _gpu_rates(args: argparse.Namespace, step_s: float, train_gmacs: float) -> d
                 peak_tflops=peak, mfu=None if peak is None else achieved / peak)
 
 
-def _rate_text(r: dict) -> str:
-    mfu = ("peak unknown" if r["mfu"] is None else
-           f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s bf16 dense")
+def mfu_text(r: dict, precision: str) -> str:
+    """One line of GPU rates (:func:`_gpu_rates`), judged against the MFU target on H100/H200."""
+    if r["mfu"] is None:
+        mfu = "peak unknown"
+    else:
+        mfu = f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s bf16 dense"
+        if precision == "bf16" and re.search(r"\bH[12]00\b", r["gpu"]):
+            mfu += f" (target >= {100 * MFU_TARGET:.0f}%: "
+            mfu += ("MET)" if r["mfu"] >= MFU_TARGET else "MISSED)")
     return (f"{r['clips_per_s']:.1f} clips/s, {r['achieved_tflops']:.1f} TFLOP/s, {mfu} "
             f"({r['gpu']})")
 
@@ -324,7 +330,9 @@ def print_against_official(args: argparse.Namespace, runs: list[dict]) -> None:
             print(f"{run['precision']}: torch.compile's first step took {run['compile_s']:.1f} s")
         if args.device == "cuda":
             gmacs = _train_gmacs(_official_cfg(args), args.batch)
-            print(f"{run['precision']}: ours {_rate_text(_gpu_rates(args, run['models']['ours']['wall_s'], gmacs))}")
+            for name, m in run["models"].items():
+                rates = _gpu_rates(args, m["wall_s"], gmacs)
+                print(f"{run['precision']}: {name} {mfu_text(rates, run['precision'])}")
     _warn_if_busy(args, max(r["max_load"] for r in runs))
 
 
@@ -484,7 +492,7 @@ def print_variants(args: argparse.Namespace, results: dict[str, dict]) -> None:
     if args.device == "cuda":
         print()
         for name, r in results.items():
-            print(f"{name}: {_rate_text(r)}")
+            print(f"{name}: {mfu_text(r, args.precision[0])}")
     _warn_if_busy(args, max(r["max_load"] for r in results.values()))
     if "timesformer" in results:
         _print_against_full_finetune(args, results)

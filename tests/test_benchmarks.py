@@ -14,7 +14,7 @@ from aim_core.backbones import build_model
 from aim_core.config import BackboneConfig, ModelConfig
 from benchmarks.memory import LiveTensorPeak, storage_bytes
 from benchmarks.official_math import official_forward, official_names, official_twin
-from benchmarks.train_step import bf16_peak_tflops, make_step
+from benchmarks.train_step import bf16_peak_tflops, make_step, mfu_text
 
 MB = 2**20
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,12 +96,23 @@ def test_the_official_variant_refuses_what_the_official_math_does_not_cover():
         official_twin(build_model(official_geometry_cfg(variant="timesformer")))
 
 
-@pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
-                                       ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0),
-                                       ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.0),
-                                       ("NVIDIA A10G", None), ("Tesla V100-SXM2-16GB", None)])
+@pytest.mark.parametrize("name,peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.0),
+    ("NVIDIA A10G", None), ("Tesla V100-SXM2-16GB", None)])
 def test_mfu_uses_the_dense_bf16_peak_of_the_named_card(name, peak):
     assert bf16_peak_tflops(name) == peak
+
+
+def test_mfu_is_judged_against_40_percent_only_for_bf16_on_hopper_cards():
+    def rates(gpu, mfu):
+        return dict(gpu=gpu, mfu=mfu, peak_tflops=989.0, clips_per_s=500.0, achieved_tflops=420.0)
+
+    assert mfu_text(rates("NVIDIA H100 80GB HBM3", 0.42), "bf16").endswith(
+        "(target >= 40%: MET) (NVIDIA H100 80GB HBM3)")
+    assert "MISSED" in mfu_text(rates("NVIDIA H200", 0.30), "bf16")
+    assert "target" not in mfu_text(rates("NVIDIA H200", 0.30), "fp32")
+    assert "peak unknown" in mfu_text(rates("NVIDIA A10G", None), "bf16")
 
 
 @pytest.mark.slow
