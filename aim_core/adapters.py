@@ -46,8 +46,11 @@ class Adapter(nn.Module):
         """
         if self.skip:
             raise ValueError("an adapter with a skip connection needs linear(x) itself")
-        weight = self.fc1.weight @ linear.weight
-        bias = F.linear(linear.bias, self.fc1.weight, self.fc1.bias)
+        # in the weights' precision, outside autocast: the fold is weight-sized, and under bf16
+        # autocast this rounds the folded weight once instead of rounding a bf16 product
+        with torch.autocast(x.device.type, enabled=False):
+            weight = self.fc1.weight @ linear.weight
+            bias = F.linear(linear.bias, self.fc1.weight, self.fc1.bias)
         return self.fc2(self.act(F.linear(x, weight, bias)))
 
     def extra_repr(self) -> str:
