@@ -3,7 +3,7 @@ fine-tuning; step time, CPU time, peak memory, and on GPUs clips/s and MFU.
 
 Run: ``.venv/bin/python benchmarks/train_step.py [--device cpu|cuda] [--steps N] [--batch 2]
 [--frames 8] [--size 224] [--backbone ViT-B-16] [--precision fp32|bf16] [--checkpointing [N]]
-[--against-official [--precision fp32,bf16] [--compile]]``
+[--against-official [--precision fp32,bf16] [--compile] [--profile]]``
 
 One training step is: forward, cross-entropy loss, backward, ``AdamW.step()`` over the tunable
 parameters, ``zero_grad(set_to_none=True)``; the model is in train mode. The backbone is the
@@ -19,7 +19,9 @@ that machine noise hits both; the losses of the first steps are printed (same we
 loss). Printed per precision (``--precision fp32,bf16`` does both, one after the other): median
 wall and CPU time of each and ``official / ours``, the speed-up, against the target of 1.25x.
 ``--compile`` adds ``ours+compile`` (:func:`aim_core.model.compile_model`) to the rotation; its
-compile time is reported apart.
+compile time is reported apart. ``--profile`` then runs one more step of each under
+``torch.profiler`` and prints where its CPU time went (:mod:`benchmarks.step_profile`: matmul,
+attention, optimiser, the rest).
 
 Otherwise, variants side by side, each in a fresh subprocess (the script re-invokes itself with the
 hidden ``--only VARIANT`` flag, so allocator caches, oneDNN primitive caches and the glibc heap of
@@ -144,6 +146,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="alternate steps of our AIM and the official math in one process")
     p.add_argument("--compile", action="store_true",
                    help="with --against-official: also time our model under torch.compile")
+    p.add_argument("--profile", action="store_true",
+                   help="with --against-official: split one more step of each by kind of op")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child-process mode
     args = p.parse_args(argv)
@@ -156,8 +160,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.precision = list(PRECISIONS) if args.against_official else ["fp32"]
     if len(args.precision) > 1 and not args.against_official:
         p.error("--precision: the variant comparison takes one precision (fp32 or bf16)")
-    if args.compile and not args.against_official:
-        p.error("--compile: only with --against-official")
+    for flag in ("compile", "profile"):
+        if getattr(args, flag) and not args.against_official:
+            p.error(f"--{flag}: only with --against-official")
     return args
 
 
@@ -286,6 +291,8 @@ def _contenders(args: argparse.Namespace, device, precision: str) -> tuple[dict,
 
 def run_against_official(args: argparse.Namespace, precision: str) -> dict:
     """Warm-up and timed rounds; each round runs every contender once, in a rotating order."""
+    from benchmarks.step_profile import profile_split
+
     device = _setup_torch(args)
     steps, first, compile_s = _contenders(args, device, precision)
     names = list(steps)
@@ -297,15 +304,18 @@ def run_against_official(args: argparse.Namespace, precision: str) -> dict:
             if round_ >= args.warmup:
                 times[name].append(measured)
     load.append(os.getloadavg()[0])
+    splits = {name: profile_split(step) for name, step in steps.items()} if args.profile else {}
     out = {name: dict(wall_s=statistics.median(w for w, _ in t),
                       cpu_s=statistics.median(c for _, c in t), times=t)
            for name, t in times.items()}
     return dict(precision=precision, first_loss=first, models=out, compile_s=compile_s,
-                max_load=max(load))
+                max_load=max(load), profile=splits)
 
 
 def print_against_official(args: argparse.Namespace, runs: list[dict]) -> None:
     import torch
+
+    from benchmarks.step_profile import split_lines
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads\n")
     header = f"{'precision':<10s} {'model':<14s} {'step (s)':>9s} {'cpu (s)':>8s}  first loss"
@@ -326,6 +336,8 @@ def print_against_official(args: argparse.Namespace, runs: list[dict]) -> None:
             print(f"{run['precision']}: {name} is {wall:.2f}x as fast as the official math "
                   f"(wall), {cpu:.2f}x (cpu time); target >= {OFFICIAL_TARGET}x "
                   f"({'cpu' if args.device == 'cpu' else 'wall'} time): {verdict}")
+        if run["profile"]:
+            print("\n".join(["", *split_lines(run["precision"], run["profile"]), ""]))
         if run["compile_s"]:
             print(f"{run['precision']}: torch.compile's first step took {run['compile_s']:.1f} s")
         if args.device == "cuda":

@@ -14,6 +14,7 @@ from aim_core.backbones import build_model
 from aim_core.config import BackboneConfig, ModelConfig
 from benchmarks.memory import LiveTensorPeak, storage_bytes
 from benchmarks.official_math import official_forward, official_names, official_twin
+from benchmarks.step_profile import KINDS, profile_split
 from benchmarks.train_step import bf16_peak_tflops, make_step, mfu_text
 
 MB = 2**20
@@ -115,6 +116,20 @@ def test_mfu_is_judged_against_40_percent_only_for_bf16_on_hopper_cards():
     assert "peak unknown" in mfu_text(rates("NVIDIA A10G", None), "bf16")
 
 
+def test_the_profile_split_puts_every_op_of_a_step_under_one_kind():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.LayerNorm(256),
+                                torch.nn.Linear(256, 8))
+    opt = torch.optim.AdamW(model.parameters())
+    x, y = torch.randn(512, 64), torch.randint(0, 8, (512,))
+    split = profile_split(make_step(model, opt, x, y, "fp32"), top=1000)  # every "rest" op
+    assert split["total_s"] == pytest.approx(sum(split[f"{k}_s"] for k in KINDS))
+    assert split["matmul_s"] > 0 and split["optimizer_s"] > 0 and split["attention_s"] == 0
+    rest_ops = [op for op, _ in split["top_rest"]]
+    assert "aten::native_layer_norm" in rest_ops or "aten::native_layer_norm_backward" in rest_ops
+    assert not any(op in ("aten::mm", "aten::addmm") or "AdamW.step" in op for op in rest_ops)
+
+
 @pytest.mark.slow
 def test_the_train_step_benchmark_runs_and_compares_the_variants(tmp_path):
     out = tmp_path / "step.json"
@@ -165,7 +180,8 @@ def test_the_step_benchmark_against_the_official_math_starts_from_the_same_loss(
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--against-official",
          "--device", "cpu", "--backbone", "ViT-B-32", "--size", "32", "--frames", "2",
-         "--batch", "1", "--warmup", "1", "--steps", "1", "--threads", "1", "--json", str(out)],
+         "--batch", "1", "--warmup", "1", "--steps", "1", "--threads", "1", "--profile",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = json.loads(out.read_text())["results"]["against_official"]
@@ -174,3 +190,6 @@ def test_the_step_benchmark_against_the_official_math_starts_from_the_same_loss(
     assert fp32["first_loss"]["ours"] == pytest.approx(fp32["first_loss"]["official"], abs=1e-5)
     assert set(fp32["models"]) == {"ours", "official"}
     assert "fp32: ours is" in proc.stdout and "as fast as the official math" in proc.stdout
+    split = fp32["profile"]["official"]
+    assert set(fp32["profile"]) == {"ours", "official"} and split["matmul_s"] > 0
+    assert "largest 'rest' ops" in proc.stdout
