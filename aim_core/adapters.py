@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,6 +36,22 @@ class Adapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fc2(self.act(self.fc1(x)))
         return x + out if self.skip else out
+
+    def after(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``self(linear(x))`` for a skip-free adapter, with ``linear`` folded into ``fc1``.
+
+        ``fc1(linear(x)) = x (W1 W)^T + (W1 b + b1)``: when nothing else reads ``linear(x)``, one
+        ``D -> hidden`` product of the folded weight (recomputed every call, as ``fc1`` trains)
+        replaces ``linear``'s ``D -> D`` one, in forward and in backward alike.
+        """
+        if self.skip:
+            raise ValueError("an adapter with a skip connection needs linear(x) itself")
+        # in the weights' precision, outside autocast: the fold is weight-sized, and under bf16
+        # autocast this rounds the folded weight once instead of rounding a bf16 product
+        with torch.autocast(x.device.type, enabled=False):
+            weight = self.fc1.weight @ linear.weight
+            bias = F.linear(linear.bias, self.fc1.weight, self.fc1.bias)
+        return self.fc2(self.act(F.linear(x, weight, bias)))
 
     def extra_repr(self) -> str:
         return f"skip={self.skip}"

@@ -298,20 +298,23 @@ def build_model(cfg: ModelConfig, *, device: str | torch.device | None = None,
     weights are then not loaded, nor with ``load_weights=False``. ``identity`` describes the
     backbone as a checkpoint recorded it (else: as loaded, or as the config declares it).
     """
-    from .model import VideoClassifier
+    from .model import VideoClassifier, compile_model
 
     spec = resolve_spec(cfg.backbone)
     if str(device) == "meta":
         with torch.device("meta"):
             return VideoClassifier(cfg, spec, identity or declared_identity(cfg.backbone))
-    if not load_weights:
-        model = VideoClassifier(cfg, spec, identity or declared_identity(cfg.backbone))
-        return model.to(device) if device is not None else model
-    state, loaded = load_backbone_weights(cfg.backbone)
+    if load_weights:
+        state, loaded = load_backbone_weights(cfg.backbone)
+    else:
+        state, loaded = None, declared_identity(cfg.backbone)
     model = VideoClassifier(cfg, spec, identity or loaded)
     if state is not None:
         load_frozen_weights(model, state)
-    return model.to(device) if device is not None else model
+    if device is not None:
+        model = model.to(device)
+    # model.compile: here, so training, evaluation, prediction and serving all run it compiled
+    return compile_model(model) if cfg.compile else model
 
 
 def declared_identity(cfg: BackboneConfig) -> BackboneIdentity:

@@ -2,6 +2,12 @@
 
 Tokens flow as ``(B*T, 1+N, D)``: every frame is an image to the frozen ViT, and the temporal
 operations regroup the same tensor as ``(B*(1+N), T, D)``, one sequence of frames per token position.
+
+Shortcuts (on unless :meth:`~aim_core.model.VideoClassifier.set_shortcuts` turns them off) compute
+the same function with less work: the last block computes only the CLS token, the one output the
+classifier reads (``cls_only``), and AIM's temporal adapter absorbs T-MSA's output projection,
+which feeds nothing else. Off, every equation runs as the paper writes it, which is what the FLOP
+accounting counts (the paper's tables count that way).
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ class BlockAdapters:
 
 
 def _over_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``(B*T, N, D)`` tokens to ``(B*N, T, D)``: one sequence of frames per token position."""
     return rearrange(x, "(b t) n d -> (b n) t d", t=num_frames)
 
 
 def _over_tokens(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The inverse of :func:`_over_frames`."""
     return rearrange(x, "(b n) t d -> (b t) n d", n=num_tokens)
 
 
@@ -51,7 +59,8 @@ class AIMBlock(nn.Module):
 
     With every adaptation off this is exactly the image block, which is how the space-only
     baselines are built. ``full_finetune`` applies drop path to the attention and MLP branches too,
-    as when every weight trains.
+    as when every weight trains. ``cls_only``: return only each frame's CLS token (see the module
+    docstring on shortcuts).
     """
 
     def __init__(self, spec: ViTSpec, adapters: BlockAdapters, drop_path: float = 0.0,
@@ -70,23 +79,29 @@ class AIMBlock(nn.Module):
         self.mlp_adapter = Adapter(d, adapters.ratio, skip=False) if adapters.joint else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.frozen_drop_path = self.drop_path if full_finetune else nn.Identity()
+        self.shortcuts = True
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, cls_only: bool = False) -> torch.Tensor:
         if self.t_adapter is not None:
-            xt = self.ln_1(_over_frames(x, num_frames))
-            if self.t_adapter_in is not None:
-                xt = self.t_adapter_in(xt)
-            xt = self.t_adapter(self.attn(xt))
-            x = x + self.drop_path(_over_tokens(xt, x.shape[1]))
-        xs = self.attn(self.ln_1(x))
+            x = x + self.drop_path(_over_tokens(self._temporal(x, num_frames), x.shape[1]))
+        xs = self.attn(self.ln_1(x), queries=1 if cls_only else None)
         if self.s_adapter is not None:
             xs = self.s_adapter(xs)
-        x = x + self.frozen_drop_path(xs)
+        x = x[:, :xs.shape[1]] + self.frozen_drop_path(xs)
         xn = self.ln_2(x)
         out = x + self.frozen_drop_path(self.mlp(xn))
         if self.mlp_adapter is not None:
             out = out + self.drop_path(self.scale * self.mlp_adapter(xn))
         return out
+
+    def _temporal(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """``Adapter_noskip(T-MSA(LN1(z)))`` over frames, eq. (3) without its residual."""
+        xt = self.ln_1(_over_frames(x, num_frames))
+        if self.t_adapter_in is not None:
+            xt = self.t_adapter_in(xt)
+        if not self.shortcuts:
+            return self.t_adapter(self.attn(xt))
+        return self.t_adapter.after(self.attn.out_proj, self.attn(xt, project=False))
 
 
 class DividedSpaceTimeBlock(nn.Module):
@@ -110,14 +125,16 @@ class DividedSpaceTimeBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(d, eps=spec.ln_eps)
         self.mlp = Mlp(d, spec.mlp_width, spec.act)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.shortcuts = True
 
     def init_temporal_from_spatial(self) -> None:
         """Copy the (pre-trained) spatial attention and norm into the temporal ones."""
         self.attn_t.load_state_dict(self.attn.state_dict())
         self.ln_t.load_state_dict(self.ln_1.state_dict())
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, cls_only: bool = False) -> torch.Tensor:
         xt = self.temporal_fc(self.attn_t(self.ln_t(_over_frames(x, num_frames))))
         x = x + self.drop_path(_over_tokens(xt, x.shape[1]))
-        x = x + self.drop_path(self.attn(self.ln_1(x)))
+        xs = self.attn(self.ln_1(x), queries=1 if cls_only else None)
+        x = x[:, :xs.shape[1]] + self.drop_path(xs)
         return x + self.drop_path(self.mlp(self.ln_2(x)))

@@ -110,6 +110,12 @@ class ModelConfig:
     # Activation checkpointing: false, true (every block that carries gradients) or the number of
     # such blocks to checkpoint, counted from the first one (trades compute for memory).
     grad_checkpointing: bool | int = False
+    # torch.compile the blocks (aim_core.model.compile_model) for training and inference. Off by
+    # default: measured on ViT-B/16 AIM (batch 2x8x224^2, fp32, one CPU core), the first step took
+    # 76 s to compile (again for eval and for each precision) and later steps saved 2% of the
+    # eager step's CPU time (`benchmarks/train_step.py --against-official --compile`), so it
+    # only pays in long runs; GPU figures are not measured yet.
+    compile: bool = False
 
     def validate(self, path: str) -> None:
         _check(self.num_classes > 0, f"{path}.num_classes", "a positive integer", self.num_classes)

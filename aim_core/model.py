@@ -96,6 +96,7 @@ class VideoClassifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
         self.set_trainable()
+        self.set_shortcuts(True)
 
     def _make_block(self, index: int, drop_path: float) -> nn.Module:
         variant = self.variant
@@ -147,6 +148,15 @@ class VideoClassifier(nn.Module):
                 return i
         return len(self.blocks)
 
+    def set_shortcuts(self, enabled: bool = True) -> None:
+        """Shortcuts (on by default) give the same outputs with less work: the last block computes
+        only the CLS token, and the temporal adapter absorbs T-MSA's output projection (see
+        :mod:`aim_core.blocks`). Off, every equation runs as written, which is how the paper counts
+        FLOPs (:mod:`aim_core.accounting` turns them off to count)."""
+        self.shortcuts = enabled
+        for block in self.blocks:
+            block.shortcuts = enabled
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W)`` to per-frame CLS features after the final norm, ``(B, T, D)``."""
         b, _, t, _, _ = x.shape
@@ -156,17 +166,19 @@ class VideoClassifier(nn.Module):
         frozen_until = self._first_block_needing_grad() if grad else 0
         with torch.set_grad_enabled(grad and frozen_until == 0):
             x = self.patch_embed(rearrange(x, "b c t h w -> (b t) c h w"))
-            if self.temporal_embedding is not None:
-                n = x.shape[1]
-                x = rearrange(x, "(b t) n d -> (b n) t d", t=t) + self.temporal_embedding.to(x.dtype)
-                x = rearrange(x, "(b n) t d -> (b t) n d", n=n)
+            if self.temporal_embedding is not None:  # added in place of the frames, no re-layout
+                x = (x.unflatten(0, (b, t)) + self.temporal_embedding.to(x.dtype)[:, :, None]
+                     ).flatten(0, 1)
             x = self.ln_pre(x)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
+            cls_only = self.shortcuts and i == last
             with torch.set_grad_enabled(grad and i >= frozen_until):
                 if grad and self.training and self._checkpointed(i, frozen_until):
-                    x = torch.utils.checkpoint.checkpoint(block, x, t, use_reentrant=False)
+                    x = torch.utils.checkpoint.checkpoint(block, x, t, cls_only,
+                                                          use_reentrant=False)
                 else:
-                    x = block(x, t)
+                    x = block(x, t, cls_only)
         cls = self.ln_post(x[:, 0])
         return rearrange(cls, "(b t) d -> b t d", b=b)
 
@@ -176,6 +188,20 @@ class VideoClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def compile_model(model: VideoClassifier) -> VideoClassifier:
+    """Compile ``model``'s blocks in place with ``torch.compile``, for training and inference.
+
+    Block by block (regional compilation): blocks of one structure share one compiled graph, so
+    ViT-B/16 compiles one block's code instead of twelve, and the Python around the blocks (which
+    blocks need autograd, activation checkpointing) stays as it is. Parameter names, the state
+    dict and DDP wrapping are unchanged. The first call of each mode (train/eval, grad/no grad,
+    dtype) pays the compilation, which on the CPU needs a C++ compiler.
+    """
+    for block in model.blocks:
+        block.compile(dynamic=False)
+    return model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

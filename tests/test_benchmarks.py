@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from aim_core.backbones import build_model
+from aim_core.config import BackboneConfig, ModelConfig
 from benchmarks.memory import LiveTensorPeak, storage_bytes
+from benchmarks.official_math import official_forward, official_names, official_twin
+from benchmarks.step_profile import KINDS, profile_split
+from benchmarks.train_step import bf16_peak_tflops, make_step, mfu_text
 
 MB = 2**20
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +52,83 @@ def test_backward_memory_is_tracked_too():
     with LiveTensorPeak(existing=[x]) as live:
         (x.exp() * 2).sum().backward()
     assert live.peak >= 2 * x.nbytes                 # exp's saved output and x's gradient
+
+
+def official_geometry_cfg(**changes) -> ModelConfig:
+    """A small CLIP-style AIM that the official math covers: QuickGELU, 64-wide heads."""
+    backbone = BackboneConfig(source="tiny", name="tiny", width=128, layers=2, heads=2,
+                              patch_size=8, act="quick_gelu")
+    return ModelConfig(backbone=backbone, num_classes=5, num_frames=4, image_size=32,
+                       drop_path=0.0, head_dropout=0.0, **changes)
+
+
+def test_the_official_variant_trains_the_same_tensors_as_ours():
+    ours = build_model(official_geometry_cfg())
+    twin = official_twin(ours)
+    names = official_names(twin)
+    assert set(names) == set(ours.state_dict())
+    ours_tunable = {names[n] for n, p in ours.named_parameters() if p.requires_grad}
+    assert ours_tunable == {n for n, p in twin.named_parameters() if p.requires_grad}
+    assert any("T_Adapter" in n for n in ours_tunable) and "cls_head.fc_cls.weight" in ours_tunable
+    assert "backbone.transformer.resblocks.0.attn.in_proj_weight" not in ours_tunable
+
+
+@pytest.mark.parametrize("temporal_adapters", [1, 2])
+def test_the_official_variant_starts_from_our_weights_with_the_same_loss_and_gradients(
+        temporal_adapters):
+    from aim_core.config import AdapterConfig
+
+    torch.manual_seed(0)
+    ours = build_model(official_geometry_cfg(adapter=AdapterConfig(
+        temporal_adapters=temporal_adapters))).train()
+    twin = official_twin(ours)
+    x = torch.randn(2, 3, 4, 32, 32)
+    y = torch.tensor([1, 3])
+    losses = []
+    for model, forward in ((ours, ours), (twin, lambda c: official_forward(twin, c))):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses.append([make_step(model, opt, x, y, "fp32", forward=forward)() for _ in range(3)])
+    # the first loss is at initialisation; the next two follow identical AdamW updates
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    assert losses[0][0] != losses[0][2]
+
+
+def test_the_official_variant_refuses_what_the_official_math_does_not_cover():
+    with pytest.raises(ValueError, match="official math covers full AIM"):
+        official_twin(build_model(official_geometry_cfg(variant="timesformer")))
+
+
+@pytest.mark.parametrize("name,peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.0),
+    ("NVIDIA A10G", None), ("Tesla V100-SXM2-16GB", None)])
+def test_mfu_uses_the_dense_bf16_peak_of_the_named_card(name, peak):
+    assert bf16_peak_tflops(name) == peak
+
+
+def test_mfu_is_judged_against_40_percent_only_for_bf16_on_hopper_cards():
+    def rates(gpu, mfu):
+        return dict(gpu=gpu, mfu=mfu, peak_tflops=989.0, clips_per_s=500.0, achieved_tflops=420.0)
+
+    assert mfu_text(rates("NVIDIA H100 80GB HBM3", 0.42), "bf16").endswith(
+        "(target >= 40%: MET) (NVIDIA H100 80GB HBM3)")
+    assert "MISSED" in mfu_text(rates("NVIDIA H200", 0.30), "bf16")
+    assert "target" not in mfu_text(rates("NVIDIA H200", 0.30), "fp32")
+    assert "peak unknown" in mfu_text(rates("NVIDIA A10G", None), "bf16")
+
+
+def test_the_profile_split_puts_every_op_of_a_step_under_one_kind():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.LayerNorm(256),
+                                torch.nn.Linear(256, 8))
+    opt = torch.optim.AdamW(model.parameters())
+    x, y = torch.randn(512, 64), torch.randint(0, 8, (512,))
+    split = profile_split(make_step(model, opt, x, y, "fp32"), top=1000)  # every "rest" op
+    assert split["total_s"] == pytest.approx(sum(split[f"{k}_s"] for k in KINDS))
+    assert split["matmul_s"] > 0 and split["optimizer_s"] > 0 and split["attention_s"] == 0
+    rest_ops = [op for op, _ in split["top_rest"]]
+    assert "aten::native_layer_norm" in rest_ops or "aten::native_layer_norm_backward" in rest_ops
+    assert not any(op in ("aten::mm", "aten::addmm") or "AdamW.step" in op for op in rest_ops)
 
 
 @pytest.mark.slow
@@ -112,3 +194,40 @@ def test_the_serve_benchmark_compares_one_model_with_three_sharing_a_backbone(tm
     assert one["weight_bytes"] == one["separate_bytes"]
     assert three["separate_bytes"] == 3 * one["weight_bytes"]
     assert one["weight_bytes"] < three["weight_bytes"] < 1.5 * one["weight_bytes"]
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_checks_as_cpu_stand_ins_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run benchmarks/gpu_check.py itself")
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--json",
+                           str(out)], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    checks = {c["name"]: c for c in json.loads(out.read_text())}
+    assert list(checks) == ["environment", "step", "against official", "compiled = eager",
+                            "ray train"]
+    assert all(c["status"] == "stand-in" for c in checks.values())
+    assert "GPU NOT CHECKED" in proc.stdout
+    assert len(checks["ray train"]["detail"]["epochs"]) == 2
+
+
+@pytest.mark.slow
+def test_the_step_benchmark_against_the_official_math_starts_from_the_same_loss(tmp_path):
+    out = tmp_path / "official.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--against-official",
+         "--device", "cpu", "--backbone", "ViT-B-32", "--size", "32", "--frames", "2",
+         "--batch", "1", "--warmup", "1", "--steps", "1", "--threads", "1", "--profile",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads(out.read_text())["results"]["against_official"]
+    assert [r["precision"] for r in runs] == ["fp32", "bf16"]
+    fp32 = runs[0]
+    assert fp32["first_loss"]["ours"] == pytest.approx(fp32["first_loss"]["official"], abs=1e-5)
+    assert set(fp32["models"]) == {"ours", "official"}
+    assert "fp32: ours is" in proc.stdout and "as fast as the official math" in proc.stdout
+    split = fp32["profile"]["official"]
+    assert set(fp32["profile"]) == {"ours", "official"} and split["matmul_s"] > 0
+    assert "largest 'rest' ops" in proc.stdout

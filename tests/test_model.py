@@ -137,6 +137,92 @@ def test_grad_checkpointing_gives_the_same_gradients(setting):
             torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("variant,adapter", [
+    ("aim", {}), ("aim", {"temporal_adapters": 2}), ("aim", {"adaptations": ["spatial", "joint"]}),
+    ("timesformer", {}), ("finetuned_space_only", {}),
+])
+def test_shortcuts_give_the_logits_and_gradients_of_the_literal_equations(variant, adapter):
+    """CLS-only last block and T-MSA's projection folded into the temporal adapter change nothing
+    but the amount of work."""
+    torch.manual_seed(0)
+    fast = build_model(tiny_cfg(variant, **adapter)).train()
+    perturb_adapters(fast)
+    literal = copy.deepcopy(fast)
+    literal.set_shortcuts(False)
+    x = clips()
+    outputs = []
+    for model in (fast, literal):
+        logits = model(x)
+        logits.square().sum().backward()
+        outputs.append(logits)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    for (name, a), (_, b) in zip(fast.named_parameters(), literal.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_shortcuts_do_less_work_than_the_paper_counts():
+    from aim_core.accounting import gmacs_per_view
+
+    cfg = tiny_cfg()
+    model = build_model(cfg).eval()
+    fast = gmacs_per_view(model, cfg)
+    model.set_shortcuts(False)
+    assert fast < 0.97 * gmacs_per_view(model, cfg)
+
+
+def test_model_compile_in_the_config_compiles_every_model_built_from_it():
+    # build_model is where training, evaluation, prediction and serving get their models
+    cfg = tiny_cfg()
+    cfg.compile = True
+    assert all(block._compiled_call_impl is not None for block in build_model(cfg).blocks)
+    assert all(block._compiled_call_impl is None for block in build_model(tiny_cfg()).blocks)
+
+
+@pytest.mark.slow  # compiling takes about a minute per precision on two cores (C++ codegen)
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-5), ("bf16", 2e-2)])
+def test_compiled_and_eager_models_give_the_same_logits_and_gradients(precision, tolerance):
+    from aim_core.model import compile_model
+
+    torch.manual_seed(0)
+    eager = build_model(tiny_cfg(temporal_adapters=2)).train()
+    perturb_adapters(eager)
+    compiled = compile_model(copy.deepcopy(eager))
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = clips()
+    logits = []
+    for model in (eager, compiled):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x).float()
+        out.square().sum().backward()
+        logits.append(out)
+    scale = logits[0].abs().max().item()
+    torch.testing.assert_close(logits[1], logits[0], atol=tolerance * scale, rtol=tolerance)
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, atol=tolerance * a.grad.abs().max().item(),
+                                       rtol=tolerance, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(x), eager.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_quick_gelu_mlp_computes_the_literal_formula_and_its_gradients():
+    from aim_core.vit import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64, "quick_gelu")
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    h = mlp.c_fc(x)
+    literal = mlp.c_proj(h * torch.sigmoid(1.702 * h))
+    fused = mlp(x)
+    torch.testing.assert_close(fused, literal)
+    (grad_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    (grad_literal,) = torch.autograd.grad(literal.square().sum(), x)
+    torch.testing.assert_close(grad_fused, grad_literal)
+
+
 @pytest.mark.parametrize("num_tadapter", [1, 2])
 def test_released_checkpoint_loads_and_reproduces_official_logits(tmp_path, num_tadapter):
     torch.manual_seed(0)
