@@ -287,7 +287,7 @@ def test_decoding_past_its_time_limit_is_stopped_with_a_422(tiny_cfg, videos):
             asyncio.run(decode_within(threads, upload, tiny_cfg, 1e-9, MIB))
         assert exc.value.status == 422 and "serve.decode_timeout_s" in exc.value.message
         views = asyncio.run(decode_within(threads, upload, tiny_cfg, 60.0, MIB))
-    assert views.shape == (2, 3, 4, 32, 32)
+    assert views.shape == (2, 4, 32, 32, 3) and views.dtype == torch.uint8   # (V, T, H, W, 3)
 
 
 @pytest.mark.slow
