@@ -13,7 +13,7 @@ from aim_core.backbones import build_model
 from aim_core.checkpoint import MODEL_FILE, save_model
 from pipelines.cli import main
 from pipelines.tracking import runs
-from pipelines.tracking.references import ModelReferenceError, resolve_model
+from pipelines.tracking.references import ModelReferenceError, resolve_model, source_run_id
 
 from .modeltools import CLASSES, clips, tracked_config, trained_like
 
@@ -85,15 +85,33 @@ def test_the_cli_turns_a_wrong_reference_into_one_line_and_status_2(tmp_path, ca
     assert len(err) == 1 and "notes.json is not a model" in err[0]
 
 
-@pytest.mark.slow
-def test_an_mlflow_run_id_gives_the_checkpoint_that_run_logged(tmp_path):
+def _run_logging_a_checkpoint(tmp_path, whole_folder: bool) -> tuple[torch.nn.Module, str]:
+    """A trained-like model saved and logged to a new MLflow run as ``checkpoint``: the folder's
+    files, or the model file alone."""
     cfg = tracked_config(tmp_path)
     model = trained_like(build_model(cfg.model))
     save_model(tmp_path / "ckpt", model, cfg, CLASSES)
     with runs.start_run(cfg) as run:
-        mlflow.log_artifact(str(tmp_path / "ckpt" / MODEL_FILE), "checkpoint")
-    loaded, _, names = resolve_model(run.info.run_id)
+        if whole_folder:
+            mlflow.log_artifacts(str(tmp_path / "ckpt"), "checkpoint")
+        else:
+            mlflow.log_artifact(str(tmp_path / "ckpt" / MODEL_FILE), "checkpoint")
+    return model, run.info.run_id
+
+
+@pytest.mark.slow
+def test_an_mlflow_run_id_gives_the_checkpoint_that_run_logged(tmp_path):
+    model, run_id = _run_logging_a_checkpoint(tmp_path, whole_folder=False)
+    loaded, _, names = resolve_model(run_id)
     assert names == CLASSES and _same(loaded, model)
+
+
+@pytest.mark.slow
+def test_runs_uri_of_a_logged_checkpoint_folder_resolves(tmp_path):
+    model, run_id = _run_logging_a_checkpoint(tmp_path, whole_folder=True)
+    loaded, _, names = resolve_model(f"runs:/{run_id}/checkpoint")
+    assert names == CLASSES and _same(loaded, model)
+    assert source_run_id(f"runs:/{run_id}/checkpoint") == run_id
 
 
 @pytest.mark.parametrize("classes,width,frames,views", [

@@ -94,21 +94,6 @@ def test_a_new_version_takes_over_the_alias(tmp_path):
         torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=0)
 
 
-@pytest.mark.slow
-def test_runs_uri_of_a_logged_checkpoint_folder_resolves(tmp_path):
-    cfg = tracked_config(tmp_path)
-    model = trained_like(build_model(cfg.model))
-    save_model(tmp_path / "ckpt", model, cfg, CLASSES)
-    with runs.start_run(cfg) as run:
-        mlflow.log_artifacts(str(tmp_path / "ckpt"), "checkpoint")
-    loaded, _, names = references.resolve_model(f"runs:/{run.info.run_id}/checkpoint")
-    assert names == CLASSES
-    x = clips(batch=3)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    assert references.source_run_id(f"runs:/{run.info.run_id}/checkpoint") == run.info.run_id
-
-
 LEGACY_ENTRY = """\
 import mlflow
 from pipelines.registry import AimVideoPyfunc
