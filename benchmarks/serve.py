@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import psutil
 import requests
 import torch
 
@@ -91,16 +92,15 @@ def server_cpu_seconds(session: str) -> float:
     """User + system CPU time so far of the session's Serve replicas and proxies."""
     from pipelines.runtime import session_processes
 
-    ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in session_processes(session):
         try:
-            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-        except OSError:
+            process = psutil.Process(pid)
+            name, times = (process.cmdline() or [""])[0], process.cpu_times()
+        except psutil.Error:
             continue
         if name.startswith(SERVER_PROCESSES):
-            total += (int(stat[11]) + int(stat[12])) / ticks   # utime, stime
+            total += times.user + times.system
     return total
 
 
