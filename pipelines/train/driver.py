@@ -7,6 +7,7 @@ each worker runs is in :mod:`pipelines.train.worker`.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import shutil
@@ -50,7 +51,7 @@ class TrainOutcome:
 
     run_name: str
     run_path: str
-    model_dir: Path                      # local copy of the final checkpoint's model.pt folder
+    model_dir: Path                      # local copy of the final model.pt (removed at exit)
     history: list[dict[str, Any]]
     evaluation: dict[str, Any]
     mlflow_run_id: str | None
@@ -145,15 +146,22 @@ def _collect(result: ray.train.Result, cfg: Config, mlflow_run_id: str,
     name = cfg.run.name
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} produced no checkpoint: {result.error}")
-    local = Path(tempfile.mkdtemp(prefix=f"aim-video-{name}-"))
+    local = _scratch_folder(f"aim-video-{name}-")
     with result.checkpoint.as_directory() as folder:
-        for item in Path(folder).iterdir():
-            if item.is_file():
-                shutil.copy2(item, local / item.name)
-    state = torch.load(local / STATE_FILE, map_location="cpu", weights_only=True)
-    evaluation = json.loads((local / EVAL_FILE).read_text())
+        shutil.copy2(Path(folder) / MODEL_FILE, local / MODEL_FILE)
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        evaluation = json.loads((Path(folder) / EVAL_FILE).read_text())
     return TrainOutcome(name, result.path, local, state["history"], evaluation, mlflow_run_id,
                         class_names, cost)
+
+
+def _scratch_folder(prefix: str) -> Path:
+    """A local folder for the final model (it may live on an object store), removed when this
+    process exits: the demo registers its champion after both runs, and every run of a long
+    sweep would otherwise leave a checkpoint behind in the temp folder."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _log_final(outcome: TrainOutcome, cfg: Config) -> None:
