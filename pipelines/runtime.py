@@ -77,6 +77,17 @@ def ensure_ray(address: str | None = None) -> None:
                     LOOPBACK_ONLY_ENV)
 
 
+def on_this_node() -> dict[str, object]:
+    """Ray options for a small actor the driver depends on (the epoch clock, the epoch-line queue):
+    on the driver's node, so a lost worker node cannot take it down, and with no CPU, so it needs
+    no room in a sweep trial's placement group."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)}
+
+
 def dashboard_url() -> str | None:
     """``http://host:port`` of the Ray dashboard of the cluster :func:`ensure_ray` connected to."""
     if not _dashboard:

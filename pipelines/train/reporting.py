@@ -18,9 +18,9 @@ import mlflow
 import ray
 import ray.train
 from ray.util.queue import Queue
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipelines import console
+from pipelines.runtime import on_this_node
 from pipelines.tracking import runs
 
 
@@ -57,10 +57,7 @@ class EpochLines:
     """On the driver, while ``fit`` runs: one line per reported epoch above one progress bar."""
 
     def __init__(self, name: str, epochs: int, every: int = 1, first_epoch: int = 1) -> None:
-        # Beside its reader, the driver: a lost worker node cannot take it down, and with no CPU
-        # it needs no room in a sweep trial's placement group.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+        self.queue = Queue(actor_options=on_this_node())   # beside its reader, the driver
         self.name, self.epochs, self.every = name, epochs, every
         self._first_epoch = first_epoch
         self._stop = threading.Event()
