@@ -1,25 +1,33 @@
 """Loader benchmark: the training data path alone, raw against prepared, inside Ray Train workers.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/loader.py [--videos 24] [--seconds 10]
-[--epochs 3] [--workers 1,2] [--device cpu|cuda] [--json out.json]``
+[--epochs 3] [--workers 1,2] [--device cpu|cuda] [--step-ms 0] [--json out.json]``
 
 Generates Kinetics-like videos (``--seconds`` at 30 fps, 340x256, textured moving content with
 sensor noise: ``benchmarks/ingest.py``'s generator) encoded with x264's defaults (the raw set), and
 converts them once with ``aim-video prepare``'s job (the prepared set, default settings). Then, per
 storage and per number of workers, it trains a no-op model on the Kinetics-400 ViT-B/16 8x16
-recipe: the real datasets (:func:`pipelines.data.training.training_data`) handed to a real
-``TorchTrainer``, each worker reading its shard with the training loop's own
-:func:`pipelines.train.worker.train_batches` and normalising on its device, no model. It reports,
-over the epochs after the first (steady state):
+recipe, as training starts it (``ensure_ray``'s cluster and Ray Data settings): the real datasets
+(:func:`pipelines.data.training.training_data`) handed to a real ``TorchTrainer``, each worker
+reading its shard with the training loop's own :func:`pipelines.train.worker.train_batches` and
+normalising on its device, no model.
 
-- clips/s delivered to the workers together;
-- CPU ms per clip: decoding and augmentation (the decode tasks' own ``time.process_time``), the
-  training processes' own share (their CPU time, less the normalisation, which runs on the GPU
-  there), and all of Ray's processes together less the training processes (decode tasks plus
-  Ray's own overhead), sampled from ``/proc`` through psutil;
-- that against the same decoder and transform called in a plain loop in one process, and the CPU
-  cores the data path needs per GPU at 400 clips/s;
-- bytes per video.
+CPU time is sampled from ``/proc`` (psutil) for every process of the Ray session and split into
+the training processes (less the normalisation, which runs on the GPU there) and all of Ray's
+other processes (decode tasks, split coordinator, raylet, GCS, Train's actors, dashboard), over
+whole epochs after the first (their starts included: planning and launching a Ray Data
+execution). It is also taken beyond the processes' idle rates, measured while the workers sleep
+between the first and second epochs: Ray's background is paid per second and per node whatever
+the clip rate, so at this benchmark's few clips a second it is a large share of each clip, and
+at a GPU node's hundreds a small one.
+
+It reports clips/s; CPU ms per clip of decoding and augmentation (the decode tasks' own
+``time.process_time``), of the training processes and of Ray's processes; the same decoder and
+transform called in a plain loop in this process, alone on the machine (Ray's processes against
+it), and Ray's processes against the tasks' own clocks (the same function under the same load:
+on a small shared machine the plain loop runs faster than the tasks by contention alone); the costs per epoch and the idle rates; the CPU
+cores the data path needs per GPU at 400 clips/s; bytes per video; and CPU per clip of each kind
+of process over whole epochs.
 
 Targets (issue 11): the training process at most 1 ms of CPU per clip; prepared decoding plus
 augmentation at most 20 ms per clip; Ray Data's CPU per clip at most 1.2x the plain loop's.
@@ -69,7 +77,7 @@ def recipe(root: Path, fmt: str, workers: int, device: str, storage: Path) -> Co
     """The Kinetics-400 ViT-B/16 8x16 recipe's data path, on ``root``."""
     return Config.load(RECIPE, {
         "data.root": str(root), "data.format": fmt, "data.val_fraction": 0.1,
-        "data.videos_per_task": 4, "model.num_classes": len(CLASSES),
+        "model.num_classes": len(CLASSES),
         "optim.per_device_batch": 8, "optim.batch_size": 8 * workers,
         # The no-op workers hold little CPU, so the decode tasks get the machine's cores.
         "run.num_workers": workers, "run.cpus_per_worker": 0.25,
@@ -86,7 +94,12 @@ def bytes_per_video(root: Path, suffixes: tuple[str, ...]) -> float:
 # ----------------------------------------------------------------------------------------------
 
 def no_op_loop(config: dict[str, Any]) -> None:
-    """A training worker without a model: the batches, cast and normalised on the device."""
+    """A training worker without a model: the batches, cast and normalised on the device.
+
+    After the first epoch, which also starts and warms every process, every worker idles
+    ``idle_s``: the session's background CPU, no data moving. With ``step_s`` each batch "takes"
+    that long on the device (a sleep, as a worker waiting on its GPU); without, the consumer
+    always waits on the data."""
     import ray.train
     import ray.train.torch
 
@@ -97,6 +110,11 @@ def no_op_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(1, cfg.optim.epochs + 1):
+        if epoch == 2:
+            idle = {"start": time.time(), "cpu_s": time.process_time()}
+            time.sleep(config["idle_s"])
+            idle.update(end=time.time(), cpu_s=time.process_time() - idle["cpu_s"])
+            Path(config["out"], f"idle-{rank}.json").write_text(json.dumps(idle))
         if rank == 0:
             ray.get(config["clock"].set.remote(epoch))
         stats = {"rank": rank, "epoch": epoch, "start": time.time(), "clips": 0,
@@ -111,21 +129,25 @@ def no_op_loop(config: dict[str, Any]) -> None:
             stats["clips"] += len(batch["frames"])
             stats["decode_ms"] += float(batch["decode_ms"].sum())
             stats["augment_ms"] += float(batch["augment_ms"].sum())
+            time.sleep(config["step_s"])
         stats.update(end=time.time(), cpu_s=time.process_time() - cpu)
-        Path(config["out"], f"{rank}-{epoch}.json").write_text(json.dumps(stats))
+        Path(config["out"], f"epoch-{rank}-{epoch}.json").write_text(json.dumps(stats))
         ray.train.report({"epoch": epoch})
 
 
 class SessionCpu:
     """CPU seconds of every process of the Ray session, sampled every 0.1 s (a process that
-    exits keeps its last sample), as a function of time."""
+    exits keeps its last sample), by process and by kind of process (its ``ray::`` name or
+    executable), as functions of time."""
 
     def __init__(self, session_dir: str) -> None:
         from pipelines.runtime import session_processes
 
         self._pids = lambda: session_processes(session_dir)
         self._last: dict[int, float] = {}
-        self.samples: list[tuple[float, float]] = []
+        self.kinds: dict[int, str] = {}
+        self.first_seen: dict[int, float] = {}
+        self.samples: list[tuple[float, dict[int, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -141,21 +163,47 @@ class SessionCpu:
         while not self._stop.is_set():
             for pid in self._pids():
                 try:
-                    t = psutil.Process(pid).cpu_times()
+                    process = psutil.Process(pid)
+                    t = process.cpu_times()
                     self._last[pid] = t.user + t.system
+                    self.kinds[pid] = process_kind(process)
+                    self.first_seen.setdefault(pid, time.time())
                 except psutil.Error:
                     pass
-            self.samples.append((time.time(), sum(self._last.values())))
+            self.samples.append((time.time(), dict(self._last)))
             self._stop.wait(0.1)
 
-    def between(self, start: float, end: float) -> float:
-        def at(t: float) -> float:
+    def by_kind(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds each kind of process spent between ``start`` and ``end``."""
+        def at(t: float) -> dict[int, float]:
             return min((s for s in self.samples if s[0] >= t), default=self.samples[-1])[1]
-        return at(end) - at(start)
+        before, after = at(start), at(end)
+        kinds: dict[str, float] = {}
+        for pid, cpu in after.items():
+            kind = self.kinds.get(pid, "?")
+            kinds[kind] = kinds.get(kind, 0.0) + cpu - before.get(pid, 0.0)
+        return kinds
+
+    def started(self, start: float, end: float) -> int:
+        """Processes that appeared between ``start`` and ``end`` (Ray workers started anew)."""
+        return sum(start <= t <= end for t in self.first_seen.values())
 
 
-def measure_ray(cfg: Config, out: Path, session_dir: str) -> dict[str, float]:
-    """One no-op training run on ``cfg``; the steady-state figures of its later epochs."""
+def process_kind(process: psutil.Process) -> str:
+    """A Ray worker's task or actor (``ray::MapBatches(...)``, ``ray::SplitCoordinator``; an
+    idle worker's name changes as it takes tasks), else the executable's name."""
+    name = process.name()
+    cmdline = process.cmdline()
+    if cmdline and cmdline[0].startswith("ray::"):
+        return cmdline[0].split(".")[0]
+    return name
+
+
+def measure_ray(cfg: Config, out: Path, session_dir: str, step_s: float = 0.0,
+                idle_s: float = 5.0) -> dict[str, Any]:
+    """One no-op training run on ``cfg``: per steady epoch (all but the first), its clips,
+    seconds and CPU seconds (the training processes less their normalisation, and all other
+    processes of the session), and the idle rates (CPU seconds per second) of both."""
     import ray
     import ray.train
     import ray.train.torch
@@ -167,24 +215,56 @@ def measure_ray(cfg: Config, out: Path, session_dir: str) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     trainer = ray.train.torch.TorchTrainer(
         no_op_loop, datasets=data.datasets,
-        train_loop_config={"cfg": cfg.to_dict(), "clock": data.clock, "out": str(out)},
+        train_loop_config={"cfg": cfg.to_dict(), "clock": data.clock, "out": str(out),
+                           "step_s": step_s, "idle_s": idle_s},
         scaling_config=ray.train.ScalingConfig(**train_scaling(
             cfg.run, ray.cluster_resources().get("GPU", 0))),
         run_config=ray.train.RunConfig(name=f"loader-{out.name}", storage_path=str(out)))
     with SessionCpu(session_dir) as cpu:
         trainer.fit()
-    epochs = [json.loads(p.read_text()) for p in out.glob("*-*.json")]
-    steady = [e for e in epochs if e["epoch"] > 1] or epochs
-    start, end = min(e["start"] for e in steady), max(e["end"] for e in steady)
-    clips = sum(e["clips"] for e in steady)
-    train_cpu = sum(e["cpu_s"] for e in steady)
-    normalise = sum(e["normalise_s"] for e in steady)
-    return {"clips_per_s": clips / (end - start),
-            "decode_ms": sum(e["decode_ms"] for e in steady) / clips,
-            "augment_ms": sum(e["augment_ms"] for e in steady) / clips,
-            "train_ms": 1e3 * (train_cpu - normalise) / clips,
-            "normalise_ms": 1e3 * normalise / clips,
-            "ray_ms": 1e3 * (cpu.between(start, end) - train_cpu) / clips}
+    ranks = [json.loads(p.read_text()) for p in out.glob("epoch-*.json")]
+    epochs = []
+    for n in sorted({r["epoch"] for r in ranks if r["epoch"] > 1}):
+        of = [r for r in ranks if r["epoch"] == n]
+        start, end = min(r["start"] for r in of), max(r["end"] for r in of)
+        train = sum(r["cpu_s"] - r["normalise_s"] for r in of)
+        epochs.append({"clips": sum(r["clips"] for r in of), "seconds": end - start,
+                       "train_cpu_s": train,
+                       "ray_cpu_s": sum(cpu.by_kind(start, end).values()) - sum(
+                           r["cpu_s"] for r in of),
+                       "by_kind_s": cpu.by_kind(start, end)})
+    steady = [r for r in ranks if r["epoch"] > 1]
+    idle = [json.loads(p.read_text()) for p in out.glob("idle-*.json")]
+    idle_start, idle_end = max(i["start"] for i in idle), min(i["end"] for i in idle)
+    train_idle = sum(i["cpu_s"] / (i["end"] - i["start"]) for i in idle)
+    return {"epochs": epochs, "train_idle_cores": train_idle,
+            "ray_idle_cores": sum(cpu.by_kind(idle_start, idle_end).values()) /
+            (idle_end - idle_start) - train_idle,
+            "decode_ms": sum(r["decode_ms"] for r in steady) / sum(r["clips"] for r in steady),
+            "augment_ms": sum(r["augment_ms"] for r in steady) / sum(r["clips"] for r in steady),
+            "normalise_ms": 1e3 * sum(r["normalise_s"] for r in steady) / sum(
+                r["clips"] for r in steady),
+            "processes_started": cpu.started(min(r["start"] for r in steady),
+                                             max(r["end"] for r in steady))}
+
+
+def per_clip(run: dict[str, Any]) -> dict[str, float]:
+    """CPU ms per clip over whole epochs (their starts included), as measured and beyond the
+    processes' idle rates: Ray's background is paid per second and per node, so on a GPU node
+    delivering hundreds of clips a second it all but vanishes per clip, while on this benchmark's
+    few clips a second it is a large share."""
+    clips = sum(e["clips"] for e in run["epochs"])
+    seconds = sum(e["seconds"] for e in run["epochs"])
+    figures = {"clips_per_s": clips / seconds}
+    for part in ("train", "ray"):
+        used = sum(e[f"{part}_cpu_s"] for e in run["epochs"])
+        figures[f"{part}_ms"] = 1e3 * used / clips
+        figures[f"{part}_beyond_idle_ms"] = 1e3 * (used - run[f"{part}_idle_cores"] * seconds) / \
+            clips
+        figures[f"{part}_idle_cores"] = run[f"{part}_idle_cores"]
+    for key in ("decode_ms", "augment_ms", "normalise_ms"):
+        figures[key] = run[key]
+    return figures
 
 
 def measure_plain(cfg: Config, epochs: int) -> float:
@@ -213,16 +293,36 @@ def measure_plain(cfg: Config, epochs: int) -> float:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = ("| storage | bytes / video | workers | clips/s | decode ms | augment ms | training "
-            "process ms | Ray's processes ms | plain loop ms | Ray / plain | cores per GPU at "
+            "process ms | Ray's processes ms | plain loop ms | Ray / plain | Ray / in the tasks | "
+            "idle cores: training, Ray | cores per GPU at "
             f"{TARGET_CLIPS_PER_S} clips/s |")
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
-        lines.append(f"| {r['storage']} | {r['bytes'] / 1e6:.2f} MB | {r['workers']} | "
-                     f"{r['clips_per_s']:.1f} | {r['decode_ms']:.1f} | {r['augment_ms']:.1f} | "
-                     f"{r['train_ms']:.2f} | {r['ray_ms']:.1f} | {r['plain_ms']:.1f} | "
-                     f"{r['ray_ms'] / r['plain_ms']:.2f}x | "
-                     f"{r['ray_ms'] * TARGET_CLIPS_PER_S / 1e3:.1f} |")
-    return "\n".join(lines)
+        tasks = r["decode_ms"] + r["augment_ms"]
+        lines.append(
+            f"| {r['storage']} | {r['bytes'] / 1e6:.2f} MB | {r['workers']} | "
+            f"{r['clips_per_s']:.1f} | {r['decode_ms']:.1f} | {r['augment_ms']:.1f} | "
+            f"{r['train_ms']:.2f} ({r['train_beyond_idle_ms']:.2f}) | "
+            f"{r['ray_ms']:.1f} ({r['ray_beyond_idle_ms']:.1f}) | {r['plain_ms']:.1f} | "
+            f"{r['ray_ms'] / r['plain_ms']:.2f}x ({r['ray_beyond_idle_ms'] / r['plain_ms']:.2f}x) | "
+            f"{r['ray_ms'] / tasks:.2f}x ({r['ray_beyond_idle_ms'] / tasks:.2f}x) | "
+            f"{r['train_idle_cores']:.3f}, {r['ray_idle_cores']:.2f} | "
+            f"{(r['ray_beyond_idle_ms'] + r['train_beyond_idle_ms']) * TARGET_CLIPS_PER_S / 1e3:.1f}"
+            f" + {r['train_idle_cores'] / r['workers'] + r['ray_idle_cores']:.2f} |")
+    return "\n".join(lines) + (
+        "\n(in brackets: beyond the idle rates; cores per GPU: per clip beyond idle, + one "
+        "worker's and the node's idle rates)")
+
+
+def by_kind(run: dict[str, Any]) -> str:
+    """CPU ms per clip of each kind of process over whole epochs, idle included."""
+    clips = sum(e["clips"] for e in run["epochs"])
+    kinds: dict[str, float] = {}
+    for epoch in run["epochs"]:
+        for kind, used in epoch["by_kind_s"].items():
+            kinds[kind] = kinds.get(kind, 0.0) + used
+    return ", ".join(f"{k} {1e3 * v / clips:.1f}" for k, v in sorted(
+        kinds.items(), key=lambda kv: -kv[1]) if 1e3 * v / clips >= 0.1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,15 +332,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--step-ms", type=float, default=0.0,
+                        help="each batch takes this long on the device (0: data-bound)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
-    import ray
+    from pipelines.runtime import keep_private_cluster_on_loopback
 
+    keep_private_cluster_on_loopback()          # before Ray is imported, as the CLI does
     from pipelines.data.prepare import run_prepare
+    from pipelines.runtime import ensure_ray, private_sessions, shutdown_ray
 
     started = time.perf_counter()
-    context = ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    session_dir = context.address_info["session_dir"]
+    ensure_ray()   # the cluster training starts: its dashboard, Ray Data's settings
+    (session_dir,) = private_sessions()
     with tempfile.TemporaryDirectory(prefix="aim_loader_") as folder:
         work = Path(folder)
         raw = make_raw(work / "raw", args.videos, args.seconds)
@@ -250,19 +354,25 @@ def main(argv: list[str] | None = None) -> None:
         sets = {"raw (x264 defaults)": (raw, "folder", bytes_per_video(raw, (".mp4",))),
                 "prepared (default)": (prepared, "prepared", bytes_per_video(
                     prepared / "videos", (".mp4", ".zip")))}
-        rows = []
+        rows, kinds = [], []
         for storage, (root, fmt, size) in sets.items():
             for workers in (int(w) for w in args.workers.split(",")):
                 cfg = recipe(root, fmt, workers, args.device, work / "runs").with_overrides(
                     {"optim.epochs": args.epochs, "optim.warmup_epochs": 0})
-                figures = measure_ray(cfg, work / f"{fmt}-{workers}", session_dir)
-                rows.append({"storage": storage, "bytes": size, "workers": workers, **figures,
-                             "plain_ms": measure_plain(cfg, args.epochs)})
-    ray.shutdown()
+                run = measure_ray(cfg, work / f"{fmt}-{workers}", session_dir,
+                                  args.step_ms / 1e3)
+                rows.append({"storage": storage, "bytes": size, "workers": workers,
+                             **per_clip(run), "plain_ms": measure_plain(cfg, args.epochs)})
+                kinds.append(f"- {storage}, {workers} worker(s): {by_kind(run)}")
+    shutdown_ray()
     print(f"{args.videos} videos of {args.seconds:g} s at 340x256, Kinetics-400 8x16 recipe "
           f"(crop to 224, flip), {args.epochs} epochs (the first not counted), device "
-          f"{args.device}, {os.cpu_count()} CPUs; {time.perf_counter() - started:.0f} s")
+          f"{args.device}, {os.cpu_count()} CPUs, "
+          + (f"{args.step_ms:g} ms per batch on the device" if args.step_ms else "data-bound")
+          + f"; {time.perf_counter() - started:.0f} s")
     print(format_table(rows))
+    print("\nCPU ms per clip by kind of process, whole epochs, idle included:")
+    print("\n".join(kinds))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -170,7 +171,13 @@ def test_the_loader_benchmark_measures_raw_and_prepared_storage_in_train_workers
     rows = {row["storage"]: row for row in json.loads(out.read_text())}
     assert set(rows) == {"raw (x264 defaults)", "prepared (default)"}
     for row in rows.values():
-        assert row["clips_per_s"] > 0 and row["decode_ms"] > 0 and row["train_ms"] >= 0
+        assert row["clips_per_s"] > 0 and row["decode_ms"] > 0 and row["plain_ms"] > 0
+        assert row["train_ms"] > 0 and row["ray_ms"] > row["decode_ms"]   # Ray's include the tasks
+        # beyond idle: less than as measured (differences, so only finite is certain)
+        assert all(math.isfinite(row[k]) and row[k] <= row[k.replace("_beyond_idle", "")]
+                   for k in ("train_beyond_idle_ms", "ray_beyond_idle_ms"))
+        assert row["ray_idle_cores"] > 0
+    assert "| raw (x264 defaults) |" in proc.stdout and "ray::SplitCoordinator" in proc.stdout
     # keyframe-dense storage is bigger than x264's defaults: the price of cheap seeks
     assert rows["prepared (default)"]["bytes"] > rows["raw (x264 defaults)"]["bytes"]
 
