@@ -208,9 +208,9 @@ class DataConfig:
     # Ray Data
     mode: Literal["stream", "parquet"] = "stream"
     shards_dir: str | None = None           # materialised Parquet shards (mode=parquet)
-    # Ray Data's cost is per task and block, whatever its size (the split coordinator's scheduling,
-    # a task's start and hand-over: ~35 ms of CPU each, benchmarks/loader.py): 16 videos keep it
-    # to a few ms per clip; a block is then 16 clips (~19 MB at 224^2).
+    # Ray Data's cost is per task and block, whatever its size (the split coordinator alone spends
+    # ~35 ms of CPU per block; README, "The training data path"): 16 videos keep it to a few ms per
+    # clip; a training block is then 16 clips (~19 MB at 224^2).
     videos_per_task: int = 16
     decode_threads: int = 1
     prefetch_batches: int = 2               # batches a training worker keeps ready
