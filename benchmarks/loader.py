@@ -146,7 +146,6 @@ class SessionCpu:
         self._pids = lambda: session_processes(session_dir)
         self._last: dict[int, float] = {}
         self.kinds: dict[int, str] = {}
-        self.first_seen: dict[int, float] = {}
         self.samples: list[tuple[float, dict[int, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -167,7 +166,6 @@ class SessionCpu:
                     t = process.cpu_times()
                     self._last[pid] = t.user + t.system
                     self.kinds[pid] = process_kind(process)
-                    self.first_seen.setdefault(pid, time.time())
                 except psutil.Error:
                     pass
             self.samples.append((time.time(), dict(self._last)))
@@ -183,10 +181,6 @@ class SessionCpu:
             kind = self.kinds.get(pid, "?")
             kinds[kind] = kinds.get(kind, 0.0) + cpu - before.get(pid, 0.0)
         return kinds
-
-    def started(self, start: float, end: float) -> int:
-        """Processes that appeared between ``start`` and ``end`` (Ray workers started anew)."""
-        return sum(start <= t <= end for t in self.first_seen.values())
 
 
 def process_kind(process: psutil.Process) -> str:
@@ -228,24 +222,22 @@ def measure_ray(cfg: Config, out: Path, session_dir: str, step_s: float = 0.0,
         of = [r for r in ranks if r["epoch"] == n]
         start, end = min(r["start"] for r in of), max(r["end"] for r in of)
         train = sum(r["cpu_s"] - r["normalise_s"] for r in of)
+        kinds = cpu.by_kind(start, end)
         epochs.append({"clips": sum(r["clips"] for r in of), "seconds": end - start,
                        "train_cpu_s": train,
-                       "ray_cpu_s": sum(cpu.by_kind(start, end).values()) - sum(
-                           r["cpu_s"] for r in of),
-                       "by_kind_s": cpu.by_kind(start, end)})
+                       "ray_cpu_s": sum(kinds.values()) - sum(r["cpu_s"] for r in of),
+                       "by_kind_s": kinds})
     steady = [r for r in ranks if r["epoch"] > 1]
+    clips = sum(r["clips"] for r in steady)
     idle = [json.loads(p.read_text()) for p in out.glob("idle-*.json")]
     idle_start, idle_end = max(i["start"] for i in idle), min(i["end"] for i in idle)
     train_idle = sum(i["cpu_s"] / (i["end"] - i["start"]) for i in idle)
     return {"epochs": epochs, "train_idle_cores": train_idle,
             "ray_idle_cores": sum(cpu.by_kind(idle_start, idle_end).values()) /
             (idle_end - idle_start) - train_idle,
-            "decode_ms": sum(r["decode_ms"] for r in steady) / sum(r["clips"] for r in steady),
-            "augment_ms": sum(r["augment_ms"] for r in steady) / sum(r["clips"] for r in steady),
-            "normalise_ms": 1e3 * sum(r["normalise_s"] for r in steady) / sum(
-                r["clips"] for r in steady),
-            "processes_started": cpu.started(min(r["start"] for r in steady),
-                                             max(r["end"] for r in steady))}
+            "decode_ms": sum(r["decode_ms"] for r in steady) / clips,
+            "augment_ms": sum(r["augment_ms"] for r in steady) / clips,
+            "normalise_ms": 1e3 * sum(r["normalise_s"] for r in steady) / clips}
 
 
 def per_clip(run: dict[str, Any]) -> dict[str, float]:
