@@ -13,12 +13,15 @@ import time
 from dataclasses import dataclass
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aim_core.annotations import ClassMap
 from aim_core.config import Config
 
 from pipelines import console
+
+if TYPE_CHECKING:
+    from pipelines.train.driver import TrainOutcome
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 REGISTERED_NAME = "aim-video-demo"
@@ -33,7 +36,7 @@ class DemoRow:
     temporal_top1: float
     appearance_top1: float
     mlflow_run_id: str | None
-    model_dir: Path
+    outcome: TrainOutcome
 
 
 def prepare_assets(data_dir: Path, *, videos_per_class: int, seed: int) -> tuple[Path, Path]:
@@ -98,11 +101,12 @@ def run_demo(data_dir: str | Path = "demo_data", config: str | Path = DEMO_CONFI
                             outcome.evaluation["top1"],
                             accuracy_on(outcome.evaluation, names, temporal),
                             accuracy_on(outcome.evaluation, names, set(names) - temporal),
-                            outcome.mlflow_run_id, outcome.model_dir))
+                            outcome.mlflow_run_id, outcome))
     best = max(rows, key=lambda r: r.top1)
     runs.configure(base)
-    version = registry.register_model(best.model_dir, register_as, "champion",
-                                      run_id=best.mlflow_run_id, cfg=base)
+    with best.outcome.model_file() as model:
+        version = registry.register_model(model, register_as, "champion",
+                                          run_id=best.mlflow_run_id, cfg=base)
     uri = runs.tracking_uri(base)
     example = next((videos / "videos").rglob("*.mp4"))
     for line in [format_table(rows, len(temporal), len(class_map)), "",

@@ -63,10 +63,12 @@ def clip_tower(tmp_path_factory):
 
 @pytest.fixture
 def isolated_mlflow(monkeypatch):
-    """MLflow keeps the URI in a module global and exports it to the environment: undo both."""
+    """MLflow keeps the URI in a module global and exports it to the environment: clear both,
+    before (an earlier test may have set them) and after."""
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mlflow.set_tracking_uri(None)
     yield
     mlflow.set_tracking_uri(None)

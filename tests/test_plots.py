@@ -37,6 +37,6 @@ def test_confusion_matrix_is_a_png(tmp_path):
     cm = [[5, 1, 0], [2, 3, 0], [0, 0, 0]]  # a class without samples must not break it
     path = plots.plot_confusion(cm, ["a", "b", "c"], tmp_path / "cm.png")
     assert_png(path)
-    assert_png(plots.plot_confusion(np.eye(80, dtype=int) * 3))  # many classes, temp file
+    assert_png(plots.plot_confusion(np.eye(80, dtype=int) * 3, None, tmp_path))  # many classes
     with pytest.raises(ValueError, match="class names"):
         plots.plot_confusion(cm, ["a", "b"], tmp_path)

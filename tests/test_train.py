@@ -57,7 +57,8 @@ def test_two_cpu_workers_beat_chance_and_register_a_model_that_reloads(tmp_path,
     history = MlflowClient().get_metric_history(outcome.mlflow_run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(1, 7))
 
-    local, _, names = load_model(outcome.model_dir)
+    with outcome.model_file() as model:
+        local, _, names = load_model(model)
     registered = references.resolve_model("models:/aim-test@champion")
     clip = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():

@@ -7,7 +7,6 @@ everywhere (the Agg backend; we never open windows).
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,9 +22,7 @@ from pipelines.tracking.runs import scalar_metrics  # noqa: E402
 
 
 
-def _out_path(out: str | Path | None, default_name: str) -> Path:
-    if out is None:
-        return Path(tempfile.mkdtemp(prefix="aim-video-plots-")) / default_name
+def _out_path(out: str | Path, default_name: str) -> Path:
     out = Path(out)
     if out.suffix.lower() != ".png":
         out = out / default_name
@@ -62,7 +59,7 @@ def _panel(key: str) -> str | None:
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
-                out: str | Path | None = None) -> Path:
+                out: str | Path) -> Path:
     """Loss, accuracy and learning rate against epoch as one PNG; returns its path.
 
     ``history``: per-epoch dicts (``{"epoch": 1, "train_loss": ..., "val_top1": ..., "lr": ...}``)
@@ -92,7 +89,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]] | np.ndarray | torch.Tensor,
-                   class_names: Sequence[str] | None = None, out: str | Path | None = None) -> Path:
+                   class_names: Sequence[str] | None, out: str | Path) -> Path:
     """Confusion matrix as a PNG: colour = share of the true class (row), text = counts."""
     cm = np.asarray(matrix.cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.int64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:

@@ -7,11 +7,11 @@ each worker runs is in :mod:`pipelines.train.worker`.
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import json
 import logging
-import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,20 @@ class TrainOutcome:
 
     run_name: str
     run_path: str
-    model_dir: Path                      # local copy of the final model.pt (removed at exit)
+    checkpoint: ray.train.Checkpoint     # the last one: its model.pt is the final model
     history: list[dict[str, Any]]
     evaluation: dict[str, Any]
     mlflow_run_id: str | None
     class_names: list[str]
     cost: dict[str, float] = field(default_factory=dict)
     registered_version: str | None = None
+
+    @contextlib.contextmanager
+    def model_file(self) -> Iterator[Path]:
+        """The final ``model.pt`` as a local file while the block runs: the checkpoint may live on
+        an object store, and a copy kept for later would outlive sweep trials' processes."""
+        with self.checkpoint.as_directory() as folder:
+            yield Path(folder) / MODEL_FILE
 
 
 def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None = None,
@@ -135,8 +142,9 @@ def _trainer(cfg: Config, data: TrainingData, mlflow_run_id: str, callbacks: lis
 
 def _register(outcome: TrainOutcome, cfg: Config) -> None:
     name, alias = cfg.run.register_as, cfg.run.register_alias
-    version = registry.register_model(outcome.model_dir, name, alias,
-                                      run_id=outcome.mlflow_run_id, cfg=cfg)
+    with outcome.model_file() as model:
+        version = registry.register_model(model, name, alias, run_id=outcome.mlflow_run_id,
+                                          cfg=cfg)
     outcome.registered_version = version.version
     console.say(f"[aim-video train] registered models:/{name}@{alias} (version {version.version})")
 
@@ -146,22 +154,11 @@ def _collect(result: ray.train.Result, cfg: Config, mlflow_run_id: str,
     name = cfg.run.name
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} produced no checkpoint: {result.error}")
-    local = _scratch_folder(f"aim-video-{name}-")
     with result.checkpoint.as_directory() as folder:
-        shutil.copy2(Path(folder) / MODEL_FILE, local / MODEL_FILE)
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         evaluation = json.loads((Path(folder) / EVAL_FILE).read_text())
-    return TrainOutcome(name, result.path, local, state["history"], evaluation, mlflow_run_id,
+    return TrainOutcome(name, result.path, result.checkpoint, state["history"], evaluation, mlflow_run_id,
                         class_names, cost)
-
-
-def _scratch_folder(prefix: str) -> Path:
-    """A local folder for the final model (it may live on an object store), removed when this
-    process exits: the demo registers its champion after both runs, and every run of a long
-    sweep would otherwise leave a checkpoint behind in the temp folder."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
 
 
 def _log_final(outcome: TrainOutcome, cfg: Config) -> None:
@@ -177,7 +174,8 @@ def _log_final(outcome: TrainOutcome, cfg: Config) -> None:
         runs.log_file(plots.plot_confusion(ev["confusion"], outcome.class_names,
                                            Path(tmp) / "confusion.png"))
     mlflow.log_dict(ev, "evaluation/eval.json")
-    mlflow.log_artifact(str(outcome.model_dir / MODEL_FILE), "checkpoint")
+    with outcome.model_file() as model:
+        mlflow.log_artifact(str(model), "checkpoint")
     console.say(f"[aim-video train] done: val top-1 {100 * ev['top1']:.1f}%, top-5 "
                 f"{100 * ev['top5']:.1f}%, mean-class {100 * ev['mean_class_acc']:.1f}% on "
                 f"{ev['num_videos']} videos ({ev['protocol']}); run {outcome.run_path}; MLflow run "
