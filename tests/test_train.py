@@ -44,7 +44,9 @@ def make_cfg(tmp_path: Path, assets, name: str, **run) -> Config:
 
 def test_two_cpu_workers_beat_chance_and_register_a_model_that_reloads(tmp_path, assets, local_ray):
     cfg = make_cfg(tmp_path, assets, name="two-workers", register_as="aim-test")
+    ctrl_c = signal.getsignal(signal.SIGINT)
     outcome = run_training(cfg)
+    assert signal.getsignal(signal.SIGINT) is ctrl_c   # Ray Train's own handler is gone again
 
     assert [h["epoch"] for h in outcome.history] == list(range(1, 7))
     assert outcome.evaluation["num_videos"] == 12

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +103,7 @@ def run_training(cfg: Config, *, resume: bool = False, parent_run_id: str | None
         console.say(f"[aim-video train] validation: {eval_protocol(cfg)}")
         with EpochLines(cfg.run.name, cfg.optim.epochs, cfg.run.print_every) as lines:
             reporter = EpochReporter(cfg.run.tracking_uri, mlflow_run_id, lines.queue)
-            result = _trainer(cfg, data, mlflow_run_id, [reporter, *(callbacks or [])]).fit()
+            result = _fit(_trainer(cfg, data, mlflow_run_id, [reporter, *(callbacks or [])]))
         outcome = _collect(result, cfg, mlflow_run_id, data.class_names, cost)
         _log_final(outcome, cfg)
         if cfg.run.register_as:
@@ -138,6 +140,19 @@ def _trainer(cfg: Config, data: TrainingData, mlflow_run_id: str, callbacks: lis
             callbacks=callbacks),
         datasets=data.datasets,   # split across the workers: one execution per epoch for all
     )
+
+
+def _fit(trainer: ray.train.torch.TorchTrainer) -> ray.train.Result:
+    """``trainer.fit()``, and the process's Ctrl-C handling back as it was afterwards: Ray Train
+    installs its own (abort the run) and leaves it, so a Ctrl-C during the registration that
+    follows, or anything later in this process, would go to a finished run and be lost."""
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()   # a sweep trial's thread: Ray Train sets no handler there
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _register(outcome: TrainOutcome, cfg: Config) -> None:
