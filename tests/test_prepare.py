@@ -96,8 +96,13 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_videos(raw: Pat
     cfg = config(raw, out, **SLOW)   # so that the interrupt lands with most videos still to do
     interrupt = threading.Thread(target=_interrupt_after_first_entry, args=(out,), daemon=True)
     interrupt.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_prepare(cfg)
+    # Ctrl-C as in a fresh `aim-video prepare` process, whatever handler an earlier test left
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_prepare(cfg)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     done = _settled(out)
     assert 0 < len(done) < 24 and not (out / MANIFEST_FILE).exists()
     leftover = out / "videos" / "train" / RAW_CLASSES[0] / ".x.mp4.partial-99999"
