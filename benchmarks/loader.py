@@ -202,13 +202,13 @@ def measure_ray(cfg: Config, out: Path, session_dir: str, step_s: float = 0.0,
     import ray.train
     import ray.train.torch
 
-    from pipelines.data.training import training_data
+    from pipelines.data.training import EveryRowOnce, training_data
     from pipelines.resources import train_scaling
 
     data = training_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
     trainer = ray.train.torch.TorchTrainer(
-        no_op_loop, datasets=data.datasets,
+        no_op_loop, datasets=data.datasets, dataset_config=EveryRowOnce(),
         train_loop_config={"cfg": cfg.to_dict(), "clock": data.clock, "out": str(out),
                            "step_s": step_s, "idle_s": idle_s},
         scaling_config=ray.train.ScalingConfig(**train_scaling(

@@ -6,7 +6,9 @@ reports of what was left out, in stream and parquet modes alike.
 - ``parquet``: the clips stored by ``aim-video ingest``, augmented afresh each epoch
   (:func:`pipelines.data.clips.shard_training_dataset`).
 
-Validation is the test views of the val split either way.
+Validation is the test views of the val split either way. Both datasets go to the
+``TorchTrainer`` with :class:`EveryRowOnce`, which splits them across the workers without dropping
+rows.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+import ray.train
 
 from aim_core.annotations import AnnotationError
 from aim_core.config import Config
@@ -24,6 +27,33 @@ from pipelines.data import clips, shards
 from pipelines.data.identity import DataIdentity, shards_identity, stream_identity
 from pipelines.data.scan import read_videos
 from pipelines.runtime import on_this_node
+
+
+class EveryRowOnce(ray.train.DataConfig):
+    """Ray Train's split of every dataset across the workers (one streaming split per dataset,
+    locality-aware), but with ``equal=False``.
+
+    Ray Train's default split (``equal=True``) evens the workers' row counts by dropping up to
+    ``num_workers - 1`` rows an epoch: a training video left out of its epoch and, worse, a
+    validation view left out of the accuracy reported for the run. Here every row reaches one
+    worker; shares then differ by up to a block, and the training step keeps the workers in step
+    (:meth:`pipelines.train.worker.Step.epoch`) while evaluation gathers per-video sums.
+    """
+
+    def configure(self, datasets: dict[str, ray.data.Dataset], world_size: int,
+                  worker_handles: Any, worker_node_ids: list[str] | None, **kwargs: Any
+                  ) -> list[dict[str, Any]]:
+        hints = worker_node_ids if self._enable_shard_locality else None
+        shards: list[dict[str, Any]] = [{} for _ in range(world_size)]
+        for name, dataset in datasets.items():
+            ds = dataset.copy(dataset)
+            if ds.name is None:
+                ds.set_name(name)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for rank, split in enumerate(ds.streaming_split(world_size, equal=False,
+                                                            locality_hints=hints)):
+                shards[rank][name] = split
+        return shards
 
 
 @dataclass

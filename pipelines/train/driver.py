@@ -33,7 +33,7 @@ from pipelines import console
 from pipelines.preflight import check_data_location, check_training
 from pipelines.resources import train_scaling
 from pipelines.runtime import RunFolder, absolute_paths, ensure_ray
-from pipelines.data.training import TrainingData, training_data
+from pipelines.data.training import EveryRowOnce, TrainingData, training_data
 from pipelines.tracking import datasets, plots, registry, runs
 from pipelines.train.reporting import EpochLines, EpochReporter
 from pipelines.train.worker import EVAL_FILE, STATE_FILE, train_loop_per_worker
@@ -139,6 +139,7 @@ def _trainer(cfg: Config, data: TrainingData, mlflow_run_id: str, callbacks: lis
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks),
         datasets=data.datasets,   # split across the workers: one execution per epoch for all
+        dataset_config=EveryRowOnce(),
     )
 
 

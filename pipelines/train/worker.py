@@ -50,6 +50,14 @@ TRAIN_DTYPES = {"frames": torch.uint8, "label": torch.int64, "video": torch.int6
                 "decode_ms": torch.float32, "augment_ms": torch.float32}
 
 
+def stand_in_batch(cfg: Config, device: torch.device) -> dict[str, torch.Tensor]:
+    """One blank clip of the model's shape, for a worker whose share of the epoch ran out."""
+    m = cfg.model
+    return {"frames": torch.zeros((1, m.num_frames, m.image_size, m.image_size, 3),
+                                  dtype=torch.uint8, device=device),
+            "label": torch.zeros(1, dtype=torch.int64, device=device)}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = Config.from_dict(config["cfg"])
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
@@ -121,46 +129,56 @@ class Step:
     accum: int
     steps_per_epoch: int
     grad_clip: float | None
+    stand_in: dict[str, torch.Tensor]   # one blank clip: see _in_step
 
     @classmethod
     def build(cls, cfg: Config, world: int, train_videos: int, device: torch.device) -> Step:
         model = build_model(cfg.model)
-        ddp = ray.train.torch.prepare_model(model)
+        return cls.around(model, ray.train.torch.prepare_model(model), cfg, world, train_videos,
+                          device)
+
+    @classmethod
+    def around(cls, model: torch.nn.Module, ddp: torch.nn.Module, cfg: Config, world: int,
+               train_videos: int, device: torch.device) -> Step:
+        """The step for ``model`` already on ``device`` and wrapped (``ddp``) for ``world``."""
         optimizer = build_optimizer(model, cfg.optim)
         accum = accumulation_steps(cfg.optim, world)
         steps = math.ceil(train_videos / world / cfg.optim.per_device_batch / accum)
         return cls(model, ddp, optimizer, build_scheduler(optimizer, cfg.optim, steps),
                    Precision.for_device(device, cfg.optim.precision),
                    torch.nn.CrossEntropyLoss(label_smoothing=cfg.data.label_smoothing), accum,
-                   steps, cfg.optim.grad_clip)
+                   steps, cfg.optim.grad_clip, stand_in_batch(cfg, device))
 
     def epoch(self, epoch: int, batches: Iterable[dict[str, torch.Tensor]]) -> EpochStats:
         self.scheduler.step(epoch - 1)
         self.ddp.train()
         stats, micro, updates = EpochStats(), 0, (epoch - 1) * self.steps_per_epoch
         distributed = isinstance(self.ddp, DistributedDataParallel)
-        # Workers may get a batch more or less than each other; join() pairs DDP's all-reduces.
-        with self.ddp.join() if distributed else contextlib.nullcontext():
-            self.optimizer.zero_grad(set_to_none=True)
-            for batch in _timed(batches, stats):
-                micro += 1
-                last_micro = micro % self.accum == 0
-                with contextlib.nullcontext() if last_micro or not distributed else \
-                        self.ddp.no_sync():
-                    self._forward_backward(batch, stats)
-                if last_micro:
-                    updates += 1
-                    self._update(updates)
-        if self._pending_gradients(micro % self.accum, distributed):
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch, weight in _in_step(_timed(batches, stats), self.stand_in, distributed):
+            micro += 1
+            last_micro = micro % self.accum == 0
+            with contextlib.nullcontext() if last_micro or not distributed else \
+                    self.ddp.no_sync():
+                self._forward_backward(batch, stats, weight)
+            if last_micro:
+                updates += 1
+                self._update(updates)
+        if micro % self.accum:   # the epoch ended inside an accumulation, on every worker alike
+            if distributed:
+                self._average_pending()
             self._update(updates + 1)
         return stats
 
-    def _forward_backward(self, batch: dict[str, torch.Tensor], stats: EpochStats) -> None:
+    def _forward_backward(self, batch: dict[str, torch.Tensor], stats: EpochStats,
+                          weight: float) -> None:
         clips, labels = to_model_input(batch["frames"]), batch["label"]
         with self.precision.autocast():
             logits = self.ddp(clips)
             loss = self.criterion(logits.float(), labels)
-        self.precision.backward(loss / self.accum)
+        self.precision.backward(loss * (weight / self.accum))
+        if not weight:
+            return   # a stand-in: it only keeps this worker in step
         stats.loss += loss.item() * len(labels)
         stats.correct += (logits.argmax(1) == labels).sum().item()
         stats.clips += len(labels)
@@ -173,21 +191,39 @@ class Step:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step_update(updates)
 
-    def _pending_gradients(self, pending: int, distributed: bool) -> bool:
-        """An epoch can end in the middle of an accumulation, whose micro-steps skipped DDP's
-        all-reduce: average those gradients over the workers by hand (every worker takes part,
-        pending or not), and say whether any worker had some."""
-        if not distributed:
-            return pending > 0
-        flag = torch.tensor([float(pending > 0)], device=_reduce_device())
-        dist.all_reduce(flag)
-        if not flag.item():
-            return False
+    def _average_pending(self) -> None:
+        """Average the gradients of an accumulation whose micro-steps all skipped DDP's
+        all-reduce, by hand."""
         for p in (p for p in self.model.parameters() if p.requires_grad):
             grad = p.grad if p.grad is not None else torch.zeros_like(p)
             dist.all_reduce(grad)
             p.grad = grad / dist.get_world_size()
-        return True
+
+
+def _in_step(batches: Iterable[dict[str, torch.Tensor]], stand_in: dict[str, torch.Tensor],
+             distributed: bool) -> Iterator[tuple[dict[str, torch.Tensor], float]]:
+    """This worker's batches with their loss weights, in step with the other workers.
+
+    The split hands out whole blocks, so shares differ by up to a block. A worker whose share
+    has run out goes on with a zero-weight ``stand_in`` until every worker's has: all take the
+    same micro-steps, all-reduces and optimiser updates, so weights and optimiser state stay
+    identical across workers (DDP's ``join()`` pairs the all-reduces but lets a finished worker's
+    AdamW state fall behind). Real batches weigh ``world / workers with a batch``, so DDP's mean
+    over all workers is the mean over those that had one. One all-reduce of a count per
+    micro-step pays for this.
+    """
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        if not distributed:
+            if batch is None:
+                return
+            yield batch, 1.0
+            continue
+        active = _all_sum(float(batch is not None), stand_in["label"].device)
+        if not active:
+            return
+        yield (stand_in, 0.0) if batch is None else (batch, _world() / active)
 
 
 def _timed(batches: Iterable[dict[str, torch.Tensor]], stats: EpochStats
@@ -209,7 +245,8 @@ def _epoch_metrics(stats: EpochStats, step: Step, epoch: int, seconds: float,
     clips = _all_sum(stats.clips, device)
     return {"epoch": epoch, "train_loss": _all_sum(stats.loss, device) / max(clips, 1),
             "train_top1": _all_sum(stats.correct, device) / max(clips, 1),
-            "lr": step.optimizer.param_groups[0]["lr"], "clips_per_s": clips / seconds,
+            "lr": step.optimizer.param_groups[0]["lr"], "train_clips": clips,
+            "clips_per_s": clips / seconds,
             "epoch_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device),
             "precision": step.precision.name,
             "data_decode_ms_per_clip": _all_sum(stats.decode_ms, device) / max(clips, 1),
