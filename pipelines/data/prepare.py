@@ -22,14 +22,15 @@ something else, or was prepared with other settings, is refused before any work 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import posixpath
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
-from typing import Any
+from typing import IO, Any, Iterator
 
 import numpy as np
 import ray
@@ -45,6 +46,7 @@ from pipelines.data.scan import IngestReport, blocks, decode_task_resources, fai
 
 SETTINGS_FILE = "prepare.json"
 REPORT_FILE = "prepare_report.json"
+READ_BLOCK = 1 << 20
 
 
 def output_of(cfg: Config) -> str:
@@ -174,21 +176,44 @@ def _finished(out: str, item: dict[str, Any]) -> ManifestEntry | None:
 
 
 def _prepare_one(out: str, item: dict[str, Any], fmt: PrepareConfig) -> ManifestEntry:
-    source = Location.of(item["source"])
-    data = source.read_bytes()
-    if data is None:
-        raise FileNotFoundError(f"{item['source']}: no such file")
-    buffer = io.BytesIO(data)
-    buffer.name = item["source"]   # errors name the file
-    video = prepare_video(buffer, join(out, item["path"]), fmt)
+    with _read_source(item["source"]) as (source, source_sha256, source_bytes):
+        video = prepare_video(source, join(out, item["path"]), fmt)
     entry = ManifestEntry(split=item["split"], video_id=item["video_id"], label=int(item["label"]),
                           label_name=item["label_name"], path=item["path"], source=item["source"],
-                          source_sha256=hashlib.sha256(data).hexdigest(), source_bytes=len(data),
+                          source_sha256=source_sha256, source_bytes=source_bytes,
                           sha256=video.sha256, size_bytes=video.size_bytes,
                           num_frames=video.num_frames, fps=video.fps, duration=video.duration,
                           width=video.width, height=video.height)
     (Location.of(out) / item["entry"]).write_json(asdict(entry))
     return entry
+
+
+@contextmanager
+def _read_source(path: str) -> Iterator[tuple[str | IO[bytes], str, int]]:
+    """The source video to decode, with its SHA-256 and size, never held whole in memory (a
+    source may be any size): a local file is hashed block by block and decoded where it is; an
+    object is streamed once into an anonymous local file, hashed on the way, which PyAV then
+    seeks in cheaply (seeking in the object itself would cost a request per read)."""
+    location = Location.of(path)
+    if not location.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    digest, size = hashlib.sha256(), 0
+    if not is_uri(path):
+        with open(path, "rb") as handle:
+            while block := handle.read(READ_BLOCK):
+                digest.update(block)
+                size += len(block)
+        yield path, digest.hexdigest(), size
+        return
+    with tempfile.TemporaryFile(prefix="aim_prepare_") as local:
+        with location.fs.open_input_stream(location.path) as remote:
+            while block := remote.read(READ_BLOCK):
+                digest.update(block)
+                local.write(block)
+                size += len(block)
+        local.seek(0)
+        local.raw.name = path          # decoding errors name the object, not the local copy
+        yield local, digest.hexdigest(), size
 
 
 def _assemble(cfg: Config, splits: dict[str, Split], items: list[dict[str, Any]],
