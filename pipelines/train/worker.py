@@ -8,7 +8,8 @@ worker's share of each epoch's clips (one Ray Data execution per epoch for all w
 
 Batches arrive as uint8 clips already augmented and at the model's size, prefetched, in pinned
 memory on GPUs; the float cast and normalisation run on the device. Gradient accumulation skips
-DDP's all-reduce on all but the last micro-step of each optimiser step.
+DDP's all-reduce on all but the last micro-step of each optimiser step. Workers' shares of an epoch
+differ by up to a block (no row is dropped to even them); :func:`_in_step` keeps them in step.
 """
 
 from __future__ import annotations
