@@ -7,7 +7,6 @@ Every source is converted into the one parameter layout of :mod:`aim_core.vit` b
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from .config import BackboneConfig, ConfigError, ModelConfig
+from .storage import file_sha256
 from .vit import ViTSpec
 
 log = logging.getLogger(__name__)
@@ -153,14 +153,6 @@ def _download_by_tag(cfg: BackboneConfig) -> dict[str, torch.Tensor]:
         return timm.create_model(name, pretrained=True, num_classes=0).state_dict()
     raise ConfigError(f"model.backbone.pretrained: the tiny backbone has no published tags; "
                       f"give a local file path or null, got {cfg.pretrained!r}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:

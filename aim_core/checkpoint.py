@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from .backbones import BackboneError, BackboneIdentity, build_model, file_sha256
+from .backbones import BackboneError, BackboneIdentity, build_model
+from .storage import file_sha256
 from .config import Config
 from .model import VideoClassifier
 

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import BackboneIdentity, convert_to_vit_layout, file_sha256
+from .backbones import BackboneIdentity, convert_to_vit_layout
+from .storage import file_sha256
 from .checkpoint import ModelFileError, short_reason
 from .config import AdapterConfig, BackboneConfig, ModelConfig
 from .model import VideoClassifier

@@ -27,7 +27,6 @@ repeated, never blended, so every prepared frame is a real frame of the source.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -40,7 +39,7 @@ import numpy as np
 
 from .config import PrepareConfig
 from .frame_archive import write_frame_archive
-from .storage import Location, is_uri
+from .storage import Location, file_sha256, is_uri
 from .video import Keyframes, Source, iter_frames, probe_video
 
 @dataclass(frozen=True)
@@ -177,11 +176,7 @@ def write_h264(path: str, frames: Iterable[np.ndarray], size: tuple[int, int],
 
 def _describe_file(local: str, name: str, fmt: PrepareConfig) -> PreparedVideo:
     info = probe_video(local, keyframes=fmt.codec == "h264")
-    digest = hashlib.sha256()
-    with open(local, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     return PreparedVideo(path=name, num_frames=info.num_frames, fps=info.fps, width=info.width,
                          height=info.height, duration=info.num_frames / info.fps,
-                         size_bytes=os.path.getsize(local), sha256=digest.hexdigest(),
+                         size_bytes=os.path.getsize(local), sha256=file_sha256(local),
                          keyframes=info.keyframes)

@@ -12,6 +12,7 @@ leaves the old file as it was, never a truncated one that later runs choke on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -37,6 +38,15 @@ def scheme(path: str) -> str | None:
 
 def is_uri(path: str) -> bool:
     return scheme(path) is not None
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a local file, read in 1 MiB blocks (files may be any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def join(base: str, rel: str) -> str:

@@ -39,7 +39,7 @@ from aim_core.annotations import AnnotationError, ClassMap, Split, load_split
 from aim_core.config import Config, ConfigError, PrepareConfig
 from aim_core.manifest import SPLITS, DatasetManifest, ManifestEntry
 from aim_core.prepared import prepare_video
-from aim_core.storage import Location, is_uri, join
+from aim_core.storage import Location, file_sha256, is_uri, join
 
 from pipelines import console
 from pipelines.data.scan import IngestReport, blocks, decode_task_resources, failure_reason
@@ -197,14 +197,10 @@ def _read_source(path: str) -> Iterator[tuple[str | IO[bytes], str, int]]:
     location = Location.of(path)
     if not location.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    digest, size = hashlib.sha256(), 0
     if not is_uri(path):
-        with open(path, "rb") as handle:
-            while block := handle.read(READ_BLOCK):
-                digest.update(block)
-                size += len(block)
-        yield path, digest.hexdigest(), size
+        yield path, file_sha256(path), os.path.getsize(path)
         return
+    digest, size = hashlib.sha256(), 0
     with tempfile.TemporaryFile(prefix="aim_prepare_") as local:
         with location.fs.open_input_stream(location.path) as remote:
             while block := remote.read(READ_BLOCK):
