@@ -42,6 +42,22 @@ def keep_private_cluster_on_loopback() -> None:
         os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
 
 
+def worker_pool_settings(num_cpus: int | None = None) -> dict[str, int]:
+    """Raylet settings for a private cluster of ``num_cpus`` (default: this machine's) that keep
+    idle task processes alive between Ray Data executions.
+
+    The raylet keeps at most ``num_workers_soft_limit`` worker processes (default: the node's CPU
+    count) and kills idle ones beyond it after a second. Actors count too, and a training run
+    holds about ten of its own (Train's controller and its helpers, the worker group, a split
+    coordinator per dataset, the epoch clock): on a small node every decode process was killed as
+    soon as it went idle, and the next epoch's or trial's tasks each paid a new process importing
+    torch, torchvision and PyAV, several seconds of CPU. Idle processes hold memory, not CPU, and
+    Ray starts no more of them than its tasks run at once.
+    """
+    cpus = num_cpus or os.cpu_count() or 1
+    return {"num_workers_soft_limit": cpus + 32}
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Join ``RAY_ADDRESS`` (or ``address``; ``auto`` finds a head on this machine) when set, else
     start a private local cluster, its dashboard on loopback.
@@ -64,7 +80,7 @@ def ensure_ray(address: str | None = None) -> None:
         context = ray.init(address=address, **quiet)
     else:
         context = ray.init(address="local", dashboard_host=dashboard_host(),
-                           include_dashboard=True, **quiet)
+                           include_dashboard=True, _system_config=worker_pool_settings(), **quiet)
         _started_sessions.append(context.address_info["session_dir"])
     console.capture_library_logs()
     _dashboard[:] = [context.dashboard_url] if context.dashboard_url else []

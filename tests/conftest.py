@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # let tests import videotools as a plain module
 
-from pipelines.runtime import keep_private_cluster_on_loopback  # noqa: E402
+from pipelines.runtime import keep_private_cluster_on_loopback, worker_pool_settings  # noqa: E402
 
 keep_private_cluster_on_loopback()  # the clusters tests start listen on 127.0.0.1, as the CLI's do
 
@@ -41,7 +41,7 @@ def local_ray():
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False)
+             log_to_driver=False, _system_config=worker_pool_settings(2))
     yield
     ray.shutdown()
 

@@ -14,6 +14,7 @@ import ray
 import videotools
 from aim_core.config import Config
 from pipelines.data import clips
+from pipelines.data.epochs import EpochClock
 from pipelines.data.scan import read_videos
 from pipelines.data.training import EveryRowOnce
 from pipelines.data.synthetic import generate_synthetic
@@ -76,7 +77,7 @@ def test_each_readable_video_once_per_epoch_across_two_workers_with_a_new_clip_e
     assert [Path(p).name for p, _ in report.bad] == ["corrupt.mp4"]
     scanned = scanned[:-1]     # an odd number: Ray Train's default split would drop one an epoch
     assert len(scanned) % 2 == 1
-    clock = clips.EpochClock.remote()
+    clock = EpochClock.remote()
     seen = two_workers(clips.training_dataset(cfg, scanned, clock), clock, epochs=(1, 2))
     seen["again"] = two_workers(clips.training_dataset(cfg, scanned, clock), clock,
                                 epochs=(1,))[1]
@@ -115,7 +116,7 @@ def test_augmentation_in_the_decode_tasks_is_one_draw_per_clip_and_honours_no_fl
     cfg = make_cfg(root, horizontal_flip=flip, crop_scale=[1.0, 1.0], random_erasing=0.5,
                    val_fraction=0.2)
     scanned, _, _ = read_videos(cfg, "train")
-    clock = clips.EpochClock.remote()
+    clock = EpochClock.remote()
     ds = clips.training_dataset(cfg, scanned, clock)
     flipped = 0
     for epoch in (1, 2, 3):

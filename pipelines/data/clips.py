@@ -8,9 +8,9 @@ the whole train transform (crop, flip where allowed, RandAugment, erasing, resiz
 size) and hand over ``uint8 (T, S, S, 3)`` clips; the worker casts and normalises them on its
 device (:func:`aim_core.transforms.to_model_input`).
 
-What changes between epochs comes from the :class:`EpochClock`: rank 0 sets the epoch before the
-epoch's first batch is asked for, and a split's execution starts only when every worker has asked,
-so every task of an epoch reads the same number. With it, a video's temporal sample (stream mode),
+What changes between epochs comes from the epoch clock (:mod:`pipelines.data.epochs`): rank 0
+sets the epoch before the epoch's first batch is asked for, and a split's execution starts only
+when every worker has asked, so every task of an epoch reads the same number. With it, a video's temporal sample (stream mode),
 its augmentation, and the grouping of videos into tasks are functions of ``(data.seed, epoch,
 video_id)``: an epoch is reproducible whatever the number of workers or tasks; which worker gets a
 video is not (the split hands blocks out as workers ask).
@@ -48,20 +48,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["frames", "label", "video", "decode_ms", "augment_ms"]
 EVAL_COLUMNS = ["video_id", "label", "view", "views"]
-
-
-@ray.remote(num_cpus=0)
-class EpochClock:
-    """The epoch the decode tasks work for (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-
-    def set(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def get(self) -> int:
-        return self.epoch
 
 
 def decode_views(video: dict[str, Any], data: DataConfig, clip_len: int, train: bool,

@@ -24,6 +24,7 @@ from aim_core.config import Config
 
 from pipelines import console
 from pipelines.data import clips, shards
+from pipelines.data.epochs import EpochClock
 from pipelines.data.identity import DataIdentity, shards_identity, stream_identity
 from pipelines.data.scan import read_videos
 from pipelines.runtime import on_this_node
@@ -69,7 +70,7 @@ class TrainingData:
 
 def training_data(cfg: Config) -> TrainingData:
     """Scan (stream) or store (parquet) both splits, report them, and build the datasets."""
-    clock = clips.EpochClock.options(**on_this_node()).remote()   # a node lost spares it
+    clock = EpochClock.options(**on_this_node()).remote()   # a node lost spares it
     if cfg.data.mode == "parquet":
         return _from_shards(cfg, clock)
     train, class_map, train_report = read_videos(cfg, "train")

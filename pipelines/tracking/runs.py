@@ -22,12 +22,10 @@ from typing import Any, Iterator, Mapping
 
 import mlflow
 import numpy as np
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from aim_core.accounting import ModelCost
 from aim_core.config import Config
 
 from pipelines import console
@@ -154,7 +152,7 @@ def scalar_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, fl
     """Numeric entries only (per-class lists and confusion matrices are artifacts, not metrics)."""
     out = {}
     for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
+        if hasattr(value, "numel") and value.numel() == 1:   # a one-element tensor
             value = value.item()
         if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
             if math.isfinite(float(value)):
@@ -173,9 +171,10 @@ def log_epoch(metrics: Mapping[str, Any], epoch: int, run_id: str | None = None)
                                                   for k, v in values.items()])
 
 
-def log_model_cost(cost: ModelCost | Mapping[str, float]) -> None:
-    """Parameters and multiply-accumulates (GMACs) as ``cost/*`` metrics (numeric, so runs sort and compare by them)."""
-    values = cost.to_dict() if isinstance(cost, ModelCost) else cost
+def log_model_cost(cost: Mapping[str, float] | Any) -> None:
+    """Parameters and multiply-accumulates (GMACs) as ``cost/*`` metrics (numeric, so runs sort
+    and compare by them); ``cost``: a :class:`~aim_core.accounting.ModelCost` or its dict."""
+    values = cost.to_dict() if hasattr(cost, "to_dict") else cost
     mlflow.log_metrics(scalar_metrics(values, "cost/"))
 
 

@@ -221,7 +221,7 @@ def _in_step(batches: Iterable[dict[str, torch.Tensor]], stand_in: dict[str, tor
                 return
             yield batch, 1.0
             continue
-        active = _all_sum(float(batch is not None), stand_in["label"].device)
+        (active,) = _all_sums(float(batch is not None))
         if not active:
             return
         yield (stand_in, 0.0) if batch is None else (batch, _world() / active)
@@ -243,16 +243,18 @@ def _timed(batches: Iterable[dict[str, torch.Tensor]], stats: EpochStats
 
 def _epoch_metrics(stats: EpochStats, step: Step, epoch: int, seconds: float,
                    device: torch.device) -> dict[str, Any]:
-    clips = _all_sum(stats.clips, device)
-    return {"epoch": epoch, "train_loss": _all_sum(stats.loss, device) / max(clips, 1),
-            "train_top1": _all_sum(stats.correct, device) / max(clips, 1),
-            "lr": step.optimizer.param_groups[0]["lr"], "train_clips": clips,
+    clips, loss, correct, decode_ms, augment_ms, wait_s = _all_sums(
+        stats.clips, stats.loss, stats.correct, stats.decode_ms, stats.augment_ms,
+        stats.input_wait_s)
+    per_clip = 1 / max(clips, 1)
+    return {"epoch": epoch, "train_loss": loss * per_clip, "train_top1": correct * per_clip,
+            "lr": step.optimizer.param_groups[0]["lr"], "train_clips": int(clips),
             "clips_per_s": clips / seconds,
             "epoch_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device),
             "precision": step.precision.name,
-            "data_decode_ms_per_clip": _all_sum(stats.decode_ms, device) / max(clips, 1),
-            "data_augment_ms_per_clip": _all_sum(stats.augment_ms, device) / max(clips, 1),
-            "input_wait_s": _all_sum(stats.input_wait_s, device) / _world()}
+            "data_decode_ms_per_clip": decode_ms * per_clip,
+            "data_augment_ms_per_clip": augment_ms * per_clip,
+            "input_wait_s": wait_s / _world()}
 
 
 @torch.no_grad()
@@ -282,12 +284,13 @@ def _reduce_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _all_sum(value: float, device: torch.device) -> float:
+def _all_sums(*values: float) -> list[float]:
+    """The sums of ``values`` over all workers, in one all-reduce."""
     if _world() == 1:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device())
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_reduce_device())
     dist.all_reduce(t)
-    return t.item()
+    return t.tolist()
 
 
 def _peak_memory_mb(device: torch.device) -> float:
