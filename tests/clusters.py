@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from pipelines.runtime import worker_pool_settings
+
 CLASSES = ("blue_circle", "move_left_to_right", "move_right_to_left", "red_square")
 VIDEOS_PER_CLASS = 8          # 24 training and 8 validation videos (val_fraction 0.25)
 VAL_VIDEOS = 8
@@ -98,6 +100,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def worker_pool_environment(num_cpus: int) -> dict[str, str]:
+    """:func:`pipelines.runtime.worker_pool_settings` as the ``RAY_<setting>`` variables a
+    ``ray start`` node reads."""
+    return {f"RAY_{key}": str(value) for key, value in worker_pool_settings(num_cpus).items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # A local head started like a user would, with `ray start`
 # ----------------------------------------------------------------------------------------------
@@ -149,6 +157,7 @@ class LocalHead:
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(self.token_file)
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # SIGTERM stops now, no 30 s drain
+        env.update(worker_pool_environment(self.num_cpus))   # as the private cluster's
         return env
 
     def start(self, timeout_s: float = 90) -> LocalHead:

@@ -24,7 +24,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import ray
-from clusters import VAL_VIDEOS, free_port, raylet_pids, tiny_assets, training_config
+from clusters import (VAL_VIDEOS, free_port, raylet_pids, tiny_assets, training_config,
+                      worker_pool_environment)
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
@@ -43,9 +44,12 @@ def cluster(monkeypatch):
     """Head (no CPUs, dashboard on loopback) + two worker nodes; removed entirely afterwards.
 
     Nodes inherit this process's environment: the Train controller polls its workers every
-    0.2 s instead of 2 s, so a finished report is registered well before the next epoch ends.
+    0.2 s instead of 2 s, so a finished report is registered well before the next epoch ends, and
+    the nodes keep idle task processes as the private cluster does.
     """
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    for key, value in worker_pool_environment(3).items():
+        monkeypatch.setenv(key, value)
     temp_dir = tempfile.mkdtemp(prefix="ray-nodes-")  # short: Ray's unix sockets live below it
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
