@@ -46,13 +46,13 @@ def worker_pool_settings(num_cpus: int | None = None) -> dict[str, int]:
     """Raylet settings for a private cluster of ``num_cpus`` (default: this machine's) that keep
     idle task processes alive between Ray Data executions.
 
-    The raylet keeps at most ``num_workers_soft_limit`` worker processes (default: the node's CPU
-    count) and kills idle ones beyond it after a second. Actors count too, and a training run
-    holds about ten of its own (Train's controller and its helpers, the worker group, a split
-    coordinator per dataset, the epoch clock): on a small node every decode process was killed as
-    soon as it went idle, and the next epoch's or trial's tasks each paid a new process importing
-    torch, torchvision and PyAV, several seconds of CPU. Idle processes hold memory, not CPU, and
-    Ray starts no more of them than its tasks run at once.
+    The raylet keeps at most ``num_workers_soft_limit`` idle task processes (by default the node's
+    CPU count) and kills the others a second after they go idle. A run's tasks (Ray Data's reads
+    beside the training and evaluation decode tasks, several at once where ``run.ingest_cpus`` is
+    a fraction of a CPU) need more processes than that, so on a small node each epoch's or trial's
+    tasks paid new processes importing torch, torchvision and PyAV, several seconds of CPU each.
+    The headroom costs memory only while such processes exist (up to 32 beyond the CPU count, a
+    few hundred MB each), never CPU.
     """
     cpus = num_cpus or os.cpu_count() or 1
     return {"num_workers_soft_limit": cpus + 32}

@@ -82,6 +82,44 @@ def test_the_private_cluster_listens_on_loopback_only_and_leaves_no_process_behi
     assert report["left"] == []
 
 
+REUSE_PROBE = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from pipelines import runtime
+runtime.keep_private_cluster_on_loopback()
+import ray
+runtime.ensure_ray()
+
+@ray.remote(num_cpus=0.25)
+def pid():
+    time.sleep(2)                                    # all at once: one process each
+    return os.getpid()
+
+cpus = int(ray.cluster_resources()["CPU"])
+tasks = min(4 * cpus, cpus + 32)
+first = set(ray.get([pid.remote() for _ in range(tasks)]))
+time.sleep(3)                                        # the raylet kills idle workers after 1 s
+second = set(ray.get([pid.remote() for _ in range(tasks)]))
+runtime.shutdown_ray()
+print(json.dumps({"cpus": cpus, "first": sorted(first), "kept": sorted(first & second)}))
+"""
+
+
+@pytest.mark.slow
+def test_the_private_cluster_keeps_idle_task_processes_beyond_its_cpu_count(tmp_path):
+    """Decode tasks of a fraction of a CPU run more processes than the node has CPUs; Ray's
+    default keeps only as many idle ones as CPUs, so each epoch's tasks paid new processes
+    importing torch."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", REUSE_PROBE, str(Path(__file__).parent)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(report["first"]) > report["cpus"]     # more task processes than CPUs ran
+    assert report["kept"] == report["first"]         # and all of them were kept
+
+
 def test_local_paths_become_absolute_and_uris_stay(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = Config.from_dict({"data": {"root": "videos", "train_annotations": "s3://b/train.csv"},
