@@ -13,11 +13,12 @@ clip decodes far more frames than it returns. A prepared copy fixes both (so the
 Both read back through :func:`aim_core.video.decode_frames` and :func:`~aim_core.video.probe_video`
 like any video. The default (H.264, a keyframe every 2 frames, no B-frames, x264's ``fastdecode``
 tune, crf 18) is the smallest form that ``benchmarks/decode.py`` measured within the budget of
-20 ms of CPU per 8x16 clip for decoding plus augmentation: 18 ms against the raw file's 62, at 15x
-its bytes, keeping 36 dB of the raw frames (the README has the table). Sparser keyframes trade CPU
-for bytes (GOP 4: 20 ms at 0.6x the bytes); B-frames cost 40% more CPU after a seek (the decoder
-runs on to the next anchor before it can show a wanted frame), CABAC and deblocking twice as much;
-all-intra and JPEG frames save another 1-3 ms, at 5 dB less or at twice the bytes.
+20 ms of CPU per 8x16 clip for decoding plus augmentation with room for a loaded machine: 15 ms
+against the raw file's 56, at 14x its bytes, keeping 35.5 dB of the raw frames (the README has the
+table). Sparser keyframes trade CPU for bytes (GOP 4: 17 ms, 20 under load, at 0.66x the bytes);
+B-frames cost 25% more CPU after a seek (the decoder runs on to the next anchor before it can show
+a wanted frame), CABAC and deblocking nearly twice as much; all-intra and JPEG frames save another
+3-4 ms, at 4 dB less, JPEG at 2.3x the bytes.
 
 The rate is changed by frame selection, not interpolation: prepared frame ``j`` is the source
 frame on screen at time ``j / fps`` (the last one shown at or before it, by the source's own
