@@ -14,6 +14,7 @@ import torch
 
 from aim_core.backbones import build_model
 from aim_core.config import BackboneConfig, ModelConfig
+from benchmarks.loader import per_clip_and_per_second
 from benchmarks.memory import LiveTensorPeak, storage_bytes
 from benchmarks.official_math import official_forward, official_names, official_twin
 from benchmarks.step_profile import KINDS, profile_split
@@ -158,6 +159,19 @@ def test_the_ingest_benchmark_runs_and_prints_its_table():
     table = proc.stdout.split("c/s = clips per second\n", 1)[1].splitlines()
     assert table[0].split("|")[0].strip() == "GOP" and len(table) == 2 + 2   # header, rule, 2 GOPs
     assert "skipped" not in proc.stdout and "(c) Ray Data, 2 CPU" in proc.stdout
+
+
+def test_the_loader_benchmark_splits_ray_cpu_into_per_clip_and_by_the_second():
+    """3 ms per clip and 0.2 cores while an execution runs, above 0.05 idle cores, seen at two
+    clip rates: the fit recovers both, so the cost per clip at any rate follows."""
+    def run(clips_per_s: float) -> dict:
+        epochs = [{"clips": 80, "seconds": 80 / clips_per_s + jitter,
+                   "ray_cpu_s": 80 * 0.003 + (0.2 + 0.05) * (80 / clips_per_s + jitter)}
+                  for jitter in (0.0, 0.4)]
+        return {"epochs": epochs, "ray_idle_cores": 0.05}
+
+    ms, cores = per_clip_and_per_second([run(25.0), run(12.0)])
+    assert ms == pytest.approx(3.0) and cores == pytest.approx(0.2)
 
 
 @pytest.mark.slow

@@ -43,6 +43,7 @@ from aim_core.video import (Keyframes, clip_indices, decode_frames, open_video_s
                             probe_video)
 
 from pipelines.data.scan import blocks, decode_task_resources, failure_reason
+from pipelines.data.table import VideoTable
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,14 @@ def training_dataset(cfg: Config, videos: list[dict[str, Any]], clock: Any) -> r
     """One augmented clip per readable video, every execution (epoch) a fresh sample."""
     slots = ray.data.range(len(videos), override_num_blocks=blocks(len(videos),
                                                                    cfg.data.videos_per_task))
+    table = VideoTable(videos)   # every task gets it whole: as columns, mapped, not unpickled
     return slots.map_batches(
         _training_clips, batch_size=cfg.data.videos_per_task, **decode_task_resources(cfg),
-        fn_kwargs={"videos": videos, "data": cfg.data, "clip_len": cfg.model.num_frames,
+        fn_kwargs={"videos": table, "data": cfg.data, "clip_len": cfg.model.num_frames,
                    "image_size": cfg.model.image_size, "clock": clock})
 
 
-def _training_clips(batch: dict[str, np.ndarray], *, videos: list[dict[str, Any]],
+def _training_clips(batch: dict[str, np.ndarray], *, videos: VideoTable,
                     data: DataConfig, clip_len: int, image_size: int, clock: Any
                     ) -> Iterator[dict[str, np.ndarray]]:
     epoch = ray.get(clock.get.remote())
