@@ -304,6 +304,11 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "slower", "veryslow")
 
 
+# x264 options beyond the settings below: part of what decides a prepared file's bytes, so a
+# re-run into a set encoded with other ones is refused (aim_core.prepared.write_h264 says why).
+X264_PARAMS = "mbtree=0"
+
+
 @dataclass
 class PrepareConfig:
     """How ``aim-video prepare`` stores a data set once for training (see :mod:`aim_core.prepared`
@@ -343,7 +348,8 @@ class PrepareConfig:
 
     def storage(self) -> dict[str, Any]:
         """The settings that decide the prepared files' bytes (all but where they go)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "output"}
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k != "output"}
+        return {**settings, "x264_params": X264_PARAMS} if self.codec == "h264" else settings
 
 
 def default_storage_path() -> str:

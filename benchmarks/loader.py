@@ -1,8 +1,8 @@
 """Loader benchmark: the training data path alone, raw against prepared, inside Ray Train workers.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/loader.py [--videos 24] [--seconds 10]
-[--epochs 3] [--workers 1,2] [--storage raw,prepared] [--device cpu|cuda] [--step-ms 0[,650]]
-[--json out.json]``
+[--epochs 3] [--workers 1,2] [--storage raw,prepared] [--device cpu|cuda] [--step-ms 0[,1000]]
+[--fractions 1[,0.5]] [--json out.json]``
 
 Generates Kinetics-like videos (``--seconds`` at 30 fps, 340x256, textured moving content with
 sensor noise: ``benchmarks/ingest.py``'s generator) encoded with x264's defaults (the raw set), and
@@ -28,10 +28,11 @@ transform called in a plain loop in this process, alone on the machine (Ray's pr
 it), and Ray's processes against the tasks' own clocks (the same function under the same load:
 on a small shared machine the plain loop runs faster than the tasks by contention alone); the
 idle rates; the CPU cores the data path needs per GPU at 400 clips/s; bytes per video; and CPU
-per clip of each kind of process over whole epochs. With several ``--step-ms`` (the consumer slowed, as by a GPU step,
-so clips come at other rates) Ray's CPU beyond idle is fitted as a cost per clip plus a cost by
-the second of a running execution, which gives its CPU per clip at a GPU node's 400 clips/s: the
-rate the target is about, and one this machine cannot reach.
+per clip of each kind of process over whole epochs. With several ``--step-ms`` (the consumer
+slowed, as by a GPU step, so clips come at other rates) or ``--fractions`` (epochs of other
+sizes), Ray's CPU beyond idle is fitted as a cost per clip, one by the second of a running
+execution and one per epoch, which gives its CPU per clip at a GPU node's 400 clips/s on a
+Kinetics-size epoch: what the target is about, and what this machine cannot reach.
 
 Targets (issue 11): the training process at most 1 ms of CPU per clip; prepared decoding plus
 augmentation at most 20 ms per clip; Ray Data's CPU per clip at most 1.2x the plain loop's.
@@ -63,6 +64,7 @@ from benchmarks.ingest import FPS, kinetics_like_frames  # noqa: E402
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "k400_vitb16_8f.yaml"
 CLASSES = ("pan_left", "pan_right")
 TARGET_CLIPS_PER_S = 400
+KINETICS_TRAIN_CLIPS = 240_000   # a Kinetics-400 epoch: one clip per training video
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,17 +266,33 @@ def per_clip(run: dict[str, Any]) -> dict[str, float]:
     return figures
 
 
-def per_clip_and_per_second(runs: list[dict[str, Any]]) -> tuple[float, float]:
-    """Ray's CPU beyond idle split into what each clip costs (ms) and what running an execution
-    costs by the second whatever it delivers (cores: the split coordinator's scheduling loop,
-    stats and metrics), by least squares over the epochs of runs at different clip rates. At a
-    rate R the CPU per clip is then ``ms + 1000 * cores / R``."""
-    rows = [(e["clips"], e["seconds"], e["ray_cpu_s"] - run["ray_idle_cores"] * e["seconds"])
+def split_costs(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Ray's CPU beyond idle split into a cost per clip (ms), one by the second of a running
+    execution (cores: the split coordinator's scheduling loop, stats and metrics) and one per
+    epoch (s: planning and starting the execution), by non-negative least squares over the epochs
+    of runs at other clip rates (``--step-ms``) and epoch sizes (``--fractions``). At a rate R and
+    E clips an epoch the CPU per clip is then ``ms + 1000 * (cores / R + s / E)``."""
+    rows = [(e["clips"], e["seconds"], 1.0,
+             e["ray_cpu_s"] - run["ray_idle_cores"] * e["seconds"])
             for run in runs for e in run["epochs"]]
-    design = np.array([[clips, seconds] for clips, seconds, _ in rows], dtype=float)
-    used = np.array([cpu for _, _, cpu in rows], dtype=float)
-    (per_clip_s, cores), *_ = np.linalg.lstsq(design, used, rcond=None)
-    return 1e3 * float(per_clip_s), float(cores)
+    design = np.array([r[:3] for r in rows], dtype=float)
+    used = np.array([r[3] for r in rows], dtype=float)
+    best: tuple[float, np.ndarray] | None = None
+    for mask in range(1, 8):     # every subset of the three costs, the others held at zero
+        cols = [c for c in range(3) if mask >> c & 1]
+        if np.linalg.matrix_rank(design[:, cols]) < len(cols):
+            continue
+        fit, *_ = np.linalg.lstsq(design[:, cols], used, rcond=None)
+        if (fit < 0).any():
+            continue
+        coef = np.zeros(3)
+        coef[cols] = fit
+        error = float(np.sum((design @ coef - used) ** 2))
+        if best is None or error < best[0]:
+            best = (error, coef)
+    coef = np.zeros(3) if best is None else best[1]
+    return {"per_clip_ms": 1e3 * float(coef[0]), "cores": float(coef[1]),
+            "per_epoch_s": float(coef[2])}
 
 
 def measure_plain(cfg: Config, epochs: int) -> float:
@@ -312,7 +330,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         tasks = r["decode_ms"] + r["augment_ms"]
         lines.append(
             f"| {r['storage']} | {r['bytes'] / 1e6:.2f} MB | {r['workers']} | "
-            f"{'data-bound' if not r['step_ms'] else format(r['step_ms'], 'g') + ' ms'} | "
+            f"{'data-bound' if not r['step_ms'] else format(r['step_ms'], 'g') + ' ms'}"
+            f"{'' if r['fraction'] == 1 else ', fraction ' + format(r['fraction'], 'g')} | "
             f"{r['clips_per_s']:.1f} | {r['decode_ms']:.1f} | {r['augment_ms']:.1f} | "
             f"{r['train_ms']:.2f} ({r['train_beyond_idle_ms']:.2f}) | "
             f"{r['ray_ms']:.1f} ({r['ray_beyond_idle_ms']:.1f}) | {r['plain_ms']:.1f} | "
@@ -337,12 +356,27 @@ def by_kind(run: dict[str, Any]) -> str:
         kinds.items(), key=lambda kv: -kv[1]) if 1e3 * v / clips >= 0.1)
 
 
-def format_split(storage: str, workers: int, runs: list[dict[str, Any]], plain_ms: float) -> str:
-    ms, cores = per_clip_and_per_second(runs)
-    at_target = ms + 1e3 * cores / TARGET_CLIPS_PER_S
-    return (f"- {storage}, {workers} worker(s): {ms:.1f} ms per clip + {cores:.3f} cores; at "
-            f"{TARGET_CLIPS_PER_S} clips/s {at_target:.1f} ms per clip, "
-            f"{at_target / plain_ms:.2f}x the plain loop's {plain_ms:.1f} ms")
+def format_split(storage: str, workers: int, costs: dict[str, float], plain_ms: float) -> str:
+    at_target = costs["per_clip_ms"] + 1e3 * (costs["cores"] / TARGET_CLIPS_PER_S
+                                              + costs["per_epoch_s"] / KINETICS_TRAIN_CLIPS)
+    return (f"- {storage}, {workers} worker(s): {costs['per_clip_ms']:.1f} ms per clip + "
+            f"{costs['cores']:.3f} cores + {costs['per_epoch_s']:.2f} s per epoch; at "
+            f"{TARGET_CLIPS_PER_S} clips/s and {KINETICS_TRAIN_CLIPS:,}-clip epochs "
+            f"{at_target:.1f} ms per clip, {at_target / plain_ms:.2f}x the plain loop's "
+            f"{plain_ms:.1f} ms")
+
+
+def _numbers(parser: argparse.ArgumentParser, name: str, text: str, low: float,
+             high: float = float("inf")) -> list[float]:
+    """Distinct comma-separated numbers in [low, high], or a one-line usage error."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or len(set(values)) != len(values) or not all(low <= v <= high for v in values):
+        bounds = f"at least {low:g}" if high == float("inf") else f"from {low:g} to {high:g}"
+        parser.error(f"{name}: expected distinct numbers {bounds}, comma-separated, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -353,39 +387,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--step-ms", default="0",
-                        help="each batch takes this long on the device (0: data-bound); with "
-                        "several, comma-separated, Ray's CPU is also split into per clip and "
-                        "per second")
+                        help="each batch takes this long on the device (0: data-bound); "
+                        "comma-separated for several runs")
+    parser.add_argument("--fractions", default="1",
+                        help="data.train_fraction of each run (epochs of other sizes), "
+                        "comma-separated; with several step times or fractions Ray's CPU is "
+                        "also split into per clip, by the second and per epoch")
     parser.add_argument("--storage", default="raw,prepared",
                         help="which sets to measure: raw, prepared or both")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
+    steps = _numbers(parser, "--step-ms", args.step_ms, 0)
+    fractions = _numbers(parser, "--fractions", args.fractions, 0.01, 1)
+    chosen = {name.strip() for name in args.storage.split(",")}
+    if not chosen or not chosen <= {"raw", "prepared"}:
+        parser.error(f"--storage: expected raw, prepared or both, got {args.storage!r}")
     from pipelines.runtime import keep_private_cluster_on_loopback
 
     keep_private_cluster_on_loopback()          # before Ray is imported, as the CLI does
     from pipelines.data.prepare import run_prepare
     from pipelines.runtime import ensure_ray, private_sessions, shutdown_ray
 
-    try:
-        steps = [float(v) for v in args.step_ms.split(",")]
-    except ValueError:
-        parser.error(f"--step-ms: expected milliseconds, comma-separated, got {args.step_ms!r}")
-    chosen = {name.strip() for name in args.storage.split(",")}
-    if not chosen <= {"raw", "prepared"}:
-        parser.error(f"--storage: expected raw, prepared or both, got {args.storage!r}")
     started = time.perf_counter()
     ensure_ray()   # the cluster training starts: its dashboard, Ray Data's settings
     (session_dir,) = private_sessions()
     with tempfile.TemporaryDirectory(prefix="aim_loader_") as folder:
         work = Path(folder)
         raw = make_raw(work / "raw", args.videos, args.seconds)
-        prepared = work / "prepared"
-        run_prepare(recipe(raw, "folder", 1, args.device, work / "runs").with_overrides(
-            {"prepare.output": str(prepared)}))
-        sets = {"raw (x264 defaults)": (raw, "folder", bytes_per_video(raw, (".mp4",))),
-                "prepared (default)": (prepared, "prepared", bytes_per_video(
-                    prepared / "videos", (".mp4", ".zip")))}
-        rows, kinds, splits = [], [], []
+        sets = {"raw (x264 defaults)": (raw, "folder", bytes_per_video(raw, (".mp4",)))}
+        if "prepared" in chosen:
+            prepared = work / "prepared"
+            run_prepare(recipe(raw, "folder", 1, args.device, work / "runs").with_overrides(
+                {"prepare.output": str(prepared)}))
+            sets["prepared (default)"] = (prepared, "prepared", bytes_per_video(
+                prepared / "videos", (".mp4", ".zip")))
+        rows, kinds, fits = [], [], []
         for storage, (root, fmt, size) in sets.items():
             if storage.split(" ")[0] not in chosen:
                 continue
@@ -393,29 +429,37 @@ def main(argv: list[str] | None = None) -> None:
                 cfg = recipe(root, fmt, workers, args.device, work / "runs").with_overrides(
                     {"optim.epochs": args.epochs, "optim.warmup_epochs": 0})
                 plain_ms, runs = measure_plain(cfg, args.epochs), []
-                for step_ms in steps:
-                    run = measure_ray(cfg, work / f"{fmt}-{workers}-{step_ms:g}", session_dir,
-                                      step_ms / 1e3)
-                    runs.append(run)
-                    rows.append({"storage": storage, "bytes": size, "workers": workers,
-                                 "step_ms": step_ms, **per_clip(run), "plain_ms": plain_ms})
-                    kinds.append(f"- {storage}, {workers} worker(s), {step_ms:g} ms steps: "
-                                 f"{by_kind(run)}")
-                if len(steps) > 1:
-                    splits.append(format_split(storage, workers, runs, plain_ms))
+                for fraction in fractions:
+                    for step_ms in steps:
+                        name = f"{storage}, {workers} worker(s), {step_ms:g} ms steps" + (
+                            f", fraction {fraction:g}" if fraction < 1 else "")
+                        run = measure_ray(
+                            cfg.with_overrides({"data.train_fraction": fraction}),
+                            work / f"{fmt}-{workers}-{step_ms:g}-{fraction:g}", session_dir,
+                            step_ms / 1e3)
+                        runs.append(run)
+                        rows.append({"storage": storage, "bytes": size, "workers": workers,
+                                     "step_ms": step_ms, "fraction": fraction, **per_clip(run),
+                                     "plain_ms": plain_ms})
+                        kinds.append(f"- {name}: {by_kind(run)}")
+                if len(runs) > 1:
+                    fits.append({"storage": storage, "workers": workers, "plain_ms": plain_ms,
+                                 **split_costs(runs)})
     shutdown_ray()
     print(f"{args.videos} videos of {args.seconds:g} s at 340x256, Kinetics-400 8x16 recipe "
           f"(crop to 224, flip), {args.epochs} epochs (the first not counted), device "
           f"{args.device}, {os.cpu_count()} CPUs; {time.perf_counter() - started:.0f} s")
     print(format_table(rows))
-    if splits:
-        print(f"\nRay's CPU beyond idle, fitted over the device step times {args.step_ms} ms "
-              "as per clip + by the second, and so per clip at a GPU's rate:")
-        print("\n".join(splits))
+    if fits:
+        print(f"\nRay's CPU beyond idle, fitted over device steps of {args.step_ms} ms and "
+              f"training fractions {args.fractions} as per clip + by the second + per epoch, "
+              f"and so per clip at a GPU's rate on a Kinetics-size epoch:")
+        print("\n".join(format_split(f["storage"], f["workers"], f, f["plain_ms"])
+                        for f in fits))
     print("\nCPU ms per clip by kind of process, whole epochs, idle included:")
     print("\n".join(kinds))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "fits": fits}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,6 @@ same decode_frames / probe_video as any video."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import io
 import zipfile
@@ -15,8 +13,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from videotools import (index_frames, marker_at_top_left, picture_types, psnr, read_index,
-                        sequential_frames, smooth_frames, textured_index_frames, write_video)
+from videotools import (HAS_LIBC, fill_freed_heap_with, index_frames, marker_at_top_left,
+                        picture_types, psnr, read_index, sequential_frames, smooth_frames,
+                        textured_index_frames, write_video)
 
 from aim_core.config import Config, ConfigError, PrepareConfig
 from aim_core.prepared import prepare_video, prepared_size, resample
@@ -95,21 +94,7 @@ def test_prepared_file_reports_size_and_digest(tmp_path: Path) -> None:
     assert video.sha256 == hashlib.sha256(data).hexdigest()
 
 
-def _fill_freed_heap_with(byte: int) -> None:
-    """Leave the C heap's free blocks holding ``byte``, as a long-lived Ray worker's heap holds
-    whatever it last freed: memory a library reads before writing then differs."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    blocks = []
-    for size in [64, 1024, 4096, 16384, 65536, 120_000] * 300:
-        blocks.append(libc.malloc(size))
-        ctypes.memset(blocks[-1], byte, size)
-    for block in blocks:
-        libc.free(block)
-
-
-@pytest.mark.skipif(ctypes.util.find_library("c") is None, reason="needs the C library's malloc")
+@pytest.mark.skipif(not HAS_LIBC, reason="needs the C library's malloc")
 def test_a_prepared_file_depends_only_on_its_frames_not_on_what_the_heap_held(tmp_path: Path
                                                                                ) -> None:
     """x264's macroblock tree reads uninitialised memory on small frames (measured at 42x32 and
@@ -119,7 +104,7 @@ def test_a_prepared_file_depends_only_on_its_frames_not_on_what_the_heap_held(tm
     frames = np.stack([texture[t:t + 32, t:t + 42] for t in range(48)])
     fmt = PrepareConfig(short_side=32, fps=8)
     first = prepare_video(frames, tmp_path / "first.mp4", fmt, source_fps=8)
-    _fill_freed_heap_with(0xFF)   # NaN, read as floats
+    fill_freed_heap_with(0xFF)   # NaN, read as floats
     second = prepare_video(frames, tmp_path / "second.mp4", fmt, source_fps=8)
     assert first.sha256 == second.sha256
 

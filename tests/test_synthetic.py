@@ -10,7 +10,9 @@ import pytest
 
 from aim_core.annotations import ClassMap, load_split
 from aim_core.config import DataConfig
-from pipelines.data.synthetic import CLASSES, DEFAULT_CLASSES, generate_synthetic, render_video
+from pipelines.data.synthetic import (CLASSES, DEFAULT_CLASSES, generate_synthetic, render_video,
+                                      write_mp4)
+from videotools import HAS_LIBC, fill_freed_heap_with
 
 
 def decode(path) -> np.ndarray:
@@ -67,6 +69,18 @@ def test_same_seed_same_bytes_other_seed_other_videos(tmp_path):
     for rel in ("red_square/red_square_0001.mp4", "grow/grow_0000.mp4"):
         assert (a / "videos" / rel).read_bytes() == (b / "videos" / rel).read_bytes()
         assert not np.array_equal(decode(a / "videos" / rel), decode(c / "videos" / rel))
+
+
+@pytest.mark.skipif(not HAS_LIBC, reason="needs the C library's malloc")
+def test_the_bytes_depend_only_on_the_frames_not_on_what_the_heap_held(tmp_path):
+    """x264's macroblock tree reads uninitialised memory on small frames: with it on, this fails."""
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (32 + 48, 32 + 48, 3), dtype=np.uint8)
+    video = np.stack([texture[t:t + 32, t:t + 32] for t in range(48)])
+    write_mp4(tmp_path / "first.mp4", video, 8)
+    fill_freed_heap_with(0xFF)   # NaN, read as floats
+    write_mp4(tmp_path / "second.mp4", video, 8)
+    assert (tmp_path / "first.mp4").read_bytes() == (tmp_path / "second.mp4").read_bytes()
 
 
 @pytest.mark.parametrize("forward,backward", [

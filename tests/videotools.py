@@ -7,6 +7,8 @@ a decoded frame tells which frame it is (robust to codec noise and resizing) and
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import av
 import numpy as np
 
 BITS = 8  # indices 0..255
+LIBC = ctypes.util.find_library("c")
+HAS_LIBC = LIBC is not None
 
 
 def index_frames(num_frames: int, height: int, width: int) -> np.ndarray:
@@ -180,3 +184,17 @@ def picture_types(path: str | Path) -> set[str]:
     with av.open(str(path)) as container:
         return {av.video.frame.PictureType(frame.pict_type).name
                 for frame in container.decode(video=0)}
+
+
+def fill_freed_heap_with(byte: int) -> None:
+    """Leave the C heap's free blocks holding ``byte``, as a long-lived Ray worker's heap holds
+    whatever it last freed: memory a library reads before writing then differs."""
+    libc = ctypes.CDLL(LIBC)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = []
+    for size in [64, 1024, 4096, 16384, 65536, 120_000] * 300:
+        blocks.append(libc.malloc(size))
+        ctypes.memset(blocks[-1], byte, size)
+    for block in blocks:
+        libc.free(block)

@@ -43,7 +43,7 @@ from aim_core.video import (Keyframes, clip_indices, decode_frames, open_video_s
                             probe_video)
 
 from pipelines.data.scan import blocks, decode_task_resources, failure_reason
-from pipelines.data.table import VideoTable
+from pipelines.data.video_table import VideoTable
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import numpy as np
 import ray
@@ -40,7 +40,6 @@ from aim_core.config import Config, ConfigError, PrepareConfig
 from aim_core.manifest import SPLITS, DatasetManifest, ManifestEntry
 from aim_core.prepared import prepare_video
 from aim_core.storage import Location, file_sha256, is_uri, join
-from aim_core.video import VideoDecodeError
 
 from pipelines import console
 from pipelines.data.scan import IngestReport, blocks, decode_task_resources, failure_reason
@@ -190,13 +189,11 @@ def _prepare_one(out: str, item: dict[str, Any], fmt: PrepareConfig) -> Manifest
 
 
 @contextmanager
-def _read_source(path: str) -> Iterator[tuple[str, str, int]]:
+def _read_source(path: str) -> Iterator[tuple[str | IO[bytes], str, int]]:
     """The source video to decode, with its SHA-256 and size, never held whole in memory (a
     source may be any size): a local file is hashed block by block and decoded where it is; an
-    object is streamed once into a private local file, hashed on the way, and decoded by path
-    like a local one (seeking in the object itself would cost a request per read; FFmpeg reads a
-    path without calling back into Python, and reports a bad file in the same words). Decoding
-    errors name the object, not the local copy."""
+    object is streamed once into an anonymous local file, hashed on the way, which PyAV then
+    seeks in cheaply (seeking in the object itself would cost a request per read)."""
     location = Location.of(path)
     if not location.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -204,17 +201,15 @@ def _read_source(path: str) -> Iterator[tuple[str, str, int]]:
         yield path, file_sha256(path), os.path.getsize(path)
         return
     digest, size = hashlib.sha256(), 0
-    with tempfile.TemporaryDirectory(prefix="aim_prepare_") as folder:
-        local = os.path.join(folder, "source" + posixpath.splitext(location.path)[1])
-        with location.fs.open_input_stream(location.path) as remote, open(local, "wb") as copy:
+    with tempfile.TemporaryFile(prefix="aim_prepare_") as local:
+        with location.fs.open_input_stream(location.path) as remote:
             while block := remote.read(READ_BLOCK):
                 digest.update(block)
-                copy.write(block)
+                local.write(block)
                 size += len(block)
-        try:
-            yield local, digest.hexdigest(), size
-        except VideoDecodeError as exc:
-            raise VideoDecodeError(str(exc).replace(local, path)) from exc
+        local.seek(0)
+        local.raw.name = path          # decoding errors name the object, not the local copy
+        yield local, digest.hexdigest(), size
 
 
 def _assemble(cfg: Config, splits: dict[str, Split], items: list[dict[str, Any]],

@@ -135,13 +135,16 @@ def render_video(name: str, index: int, seed: int, size: tuple[int, int], frames
 
 
 def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
-    """H.264 (libx264, yuv420p, single-threaded so the bytes depend only on the frames).
+    """H.264 (libx264, yuv420p, single-threaded and without the macroblock tree, so the bytes
+    depend only on the frames: x264's macroblock tree reads uninitialised memory on small frames,
+    see ``aim_core.prepared.write_h264``).
 
     Frames are converted to yuv420p explicitly: leaving the conversion to ``encode()`` gave
     different bytes from run to run (PyAV 18), which breaks determinism by seed.
     """
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "threads": "1"})
+        stream = container.add_stream("libx264", rate=fps, options={
+            "crf": "18", "threads": "1", "x264-params": "mbtree=0"})
         stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
         for frame in video:
             yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from pipelines.data.table import VideoTable
+from pipelines.data.video_table import VideoTable
 
 
 def videos(n: int) -> list[dict]:
@@ -20,7 +20,8 @@ def videos(n: int) -> list[dict]:
 
 
 def test_every_row_comes_back_with_its_values() -> None:
-    rows = videos(50) + [{**videos(1)[0], "keyframe_indices": [], "keyframe_pts": []}]
+    rows = videos(50) + [{**videos(1)[0], "keyframe_indices": [], "keyframe_pts": [],
+                          "path": "/data/caf\udce9.mp4"}]   # a file name that is not UTF-8
     table = VideoTable(rows)
     assert len(table) == 51
     for i, row in enumerate(rows):
@@ -52,8 +53,19 @@ def test_rows_of_other_keys_or_values_are_refused_naming_the_column() -> None:
         VideoTable([{"path": "a"}, {"path": "b", "label": 1}])
     with pytest.raises(ValueError, match="column 'label'"):
         VideoTable([{"label": None}, {"label": 1}])
+    with pytest.raises(ValueError, match="column 'label'"):
+        VideoTable([{"label": [1]}, {"label": 1}])
+    with pytest.raises(ValueError, match="column 'keyframe_pts'.*integers"):
+        VideoTable([{"keyframe_pts": [0.5, 1.5]}])
+
+
+def test_rows_as_ray_data_gives_them_numpy_scalars_and_arrays_come_back_alike() -> None:
+    rows = [{"video_id": np.str_("a/1"), "label": np.int64(3), "num_frames": np.int32(30),
+             "keyframe_indices": np.array([0, 10], np.int32), "keyframe_pts": (0, 5120)}]
+    row = VideoTable(rows)[0]
+    assert row["video_id"] == "a/1" and row["label"] == 3 and row["num_frames"] == 30
+    assert row["keyframe_indices"].dtype == np.int64 and row["keyframe_pts"].tolist() == [0, 5120]
 
 
 def test_an_empty_table_has_no_rows() -> None:
     assert len(VideoTable([])) == 0 and list(VideoTable([])) == []
-    assert np.asarray(VideoTable(videos(3))[0]["keyframe_pts"]).dtype == np.int64
