@@ -2,11 +2,11 @@
 
 Every training decode task needs the whole video list: it picks its videos from the epoch's order
 (``pipelines.data.clips``). Ray Data ships that list inside the task's function arguments, which
-each task deserialises again. As a list of dicts holding keyframe tables that is 2.5 KB of pickle
-per keyframe-dense prepared video: for Kinetics-400's 240k videos 3.0 s of CPU per task, 190 ms
-per clip at 16 clips a task (``benchmarks/video_table.py``). As a few flat arrays Ray keeps it out
-of band, so a task maps it from the object store (0.02 ms per clip) and a row is built only for
-the videos the task decodes.
+each task deserialises again. As a list of dicts holding keyframe tables that is about 1 KB of
+pickle per keyframe-dense prepared video: for Kinetics-400's 240k videos 3.2 s of CPU per task,
+200 ms per clip at 16 clips a task (``benchmarks/video_table.py``). As a few flat arrays Ray keeps
+it out of band, so a task maps it from the object store (0.03 ms per clip) and a row is built only
+for the videos the task decodes.
 """
 
 from __future__ import annotations
