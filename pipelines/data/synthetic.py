@@ -33,6 +33,7 @@ import av
 import numpy as np
 
 from aim_core.annotations import ClassMap, VideoRecord, stratified_split
+from aim_core.config import X264_PARAMS
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
     """
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps, options={
-            "crf": "18", "threads": "1", "x264-params": "mbtree=0"})
+            "crf": "18", "threads": "1", "x264-params": X264_PARAMS})
         stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
         for frame in video:
             yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
