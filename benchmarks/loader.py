@@ -145,7 +145,11 @@ def no_op_loop(config: dict[str, Any]) -> None:
 class SessionCpu:
     """CPU seconds of every process of the Ray session, sampled every 0.1 s (a process that
     exits keeps its last sample), by process and by kind of process (its ``ray::`` name or
-    executable), as functions of time."""
+    executable), as functions of time.
+
+    One sample reads many processes, which on a busy machine takes longer than its period, so
+    each keeps when its reads began and ended: a window is measured from the last sample read
+    wholly before it to the first read wholly after it, never missing CPU at either edge."""
 
     def __init__(self, session_dir: str) -> None:
         from pipelines.runtime import session_processes
@@ -153,7 +157,7 @@ class SessionCpu:
         self._pids = lambda: session_processes(session_dir)
         self._last: dict[int, float] = {}
         self.kinds: dict[int, str] = {}
-        self.samples: list[tuple[float, dict[int, float]]] = []
+        self.samples: list[tuple[float, float, dict[int, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -167,6 +171,7 @@ class SessionCpu:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            begun = time.time()
             for pid in self._pids():
                 try:
                     process = psutil.Process(pid)
@@ -175,14 +180,15 @@ class SessionCpu:
                     self.kinds[pid] = process_kind(process)
                 except psutil.Error:
                     pass
-            self.samples.append((time.time(), dict(self._last)))
+            self.samples.append((begun, time.time(), dict(self._last)))
             self._stop.wait(0.1)
 
     def by_kind(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds each kind of process spent between ``start`` and ``end``."""
-        def at(t: float) -> dict[int, float]:
-            return min((s for s in self.samples if s[0] >= t), default=self.samples[-1])[1]
-        before, after = at(start), at(end)
+        before = max((s for s in self.samples if s[1] <= start), default=self.samples[0],
+                     key=lambda s: s[1])[2]
+        after = min((s for s in self.samples if s[0] >= end), default=self.samples[-1],
+                    key=lambda s: s[0])[2]
         kinds: dict[str, float] = {}
         for pid, cpu in after.items():
             kind = self.kinds.get(pid, "?")

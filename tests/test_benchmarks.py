@@ -14,7 +14,7 @@ import torch
 
 from aim_core.backbones import build_model
 from aim_core.config import BackboneConfig, ModelConfig
-from benchmarks.loader import split_costs
+from benchmarks.loader import SessionCpu, split_costs
 from benchmarks.memory import LiveTensorPeak, storage_bytes
 from benchmarks.official_math import official_forward, official_names, official_twin
 from benchmarks.step_profile import KINDS, profile_split
@@ -181,6 +181,15 @@ def test_the_loader_benchmark_fit_keeps_every_cost_non_negative():
     epochs = [{"clips": 86, "seconds": s, "ray_cpu_s": 86 * 0.05 - 0.06 * s} for s in (6, 15)]
     costs = split_costs([{"epochs": epochs, "ray_idle_cores": 0.0}])
     assert min(costs.values()) >= 0 and costs["per_clip_ms"] > 0
+
+
+def test_the_loader_benchmark_counts_cpu_from_reads_wholly_outside_a_window(tmp_path):
+    """A sample whose reads straddle an edge of the window is not used: the window's CPU is then
+    at least what was spent inside it, never what one slow sample happened to read early."""
+    cpu = SessionCpu(str(tmp_path))
+    cpu.kinds = {7: "ray::MapBatches"}
+    cpu.samples = [(0.0, 0.5, {7: 1.0}), (0.9, 1.4, {7: 2.0}), (1.5, 1.6, {7: 3.0})]
+    assert cpu.by_kind(0.6, 1.2) == {"ray::MapBatches": 2.0}
 
 
 @pytest.mark.slow
