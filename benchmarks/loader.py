@@ -185,10 +185,8 @@ class SessionCpu:
 
     def by_kind(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds each kind of process spent between ``start`` and ``end``."""
-        before = max((s for s in self.samples if s[1] <= start), default=self.samples[0],
-                     key=lambda s: s[1])[2]
-        after = min((s for s in self.samples if s[0] >= end), default=self.samples[-1],
-                    key=lambda s: s[0])[2]
+        before = next((s for s in reversed(self.samples) if s[1] <= start), self.samples[0])[2]
+        after = next((s for s in self.samples if s[0] >= end), self.samples[-1])[2]
         kinds: dict[str, float] = {}
         for pid, cpu in after.items():
             kind = self.kinds.get(pid, "?")
