@@ -192,6 +192,18 @@ class LocalHead:
 
         return JobSubmissionClient(self.dashboard_url, headers=self.auth_headers())
 
+    def submit(self, timeout_s: float = 60, **job) -> str:
+        """``submit_job(**job)``, again while the head answers that no job agent is available yet:
+        its API comes up before the node's agent registers, and Ray's answer says to try later."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.client().submit_job(**job)
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
     def stop(self, timeout_s: float = 30) -> None:
         if self.process is None:
             return

@@ -215,6 +215,22 @@ def test_the_loader_benchmark_measures_raw_and_prepared_storage_in_train_workers
 
 
 @pytest.mark.slow
+def test_the_ray_data_overhead_benchmark_splits_the_cpu_of_moving_free_clips_by_process(tmp_path):
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ray_data_overhead.py"), "--clips", "16",
+         "--videos-per-task", "8", "--consumer-ms", "0", "--epochs", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["clips"] == 16 and row["clips_per_s"] > 0
+    # the clips cost nothing to make, so every process's CPU is Ray's, the decode tasks' included
+    assert row["by_kind_ms"]["coordinator"] > 0 and row["by_kind_ms"]["task processes"] > 0
+    assert row["ray_ms"] == pytest.approx(sum(row["by_kind_ms"].values()))
+    assert "| 8 | data-bound |" in proc.stdout
+
+
+@pytest.mark.slow
 def test_the_serve_benchmark_compares_one_model_with_three_sharing_a_backbone(tmp_path):
     out = tmp_path / "serve.json"
     proc = subprocess.run(

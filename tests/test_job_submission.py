@@ -66,8 +66,8 @@ def test_a_submitted_training_job_succeeds_and_registers_a_loadable_model(
     folder, config = job_dir
     client = head.client()
 
-    job_id = client.submit_job(entrypoint="aim-video train job.yaml --register job-model",
-                               runtime_env={"working_dir": str(folder)})
+    job_id = head.submit(entrypoint="aim-video train job.yaml --register job-model",
+                         runtime_env={"working_dir": str(folder)})
     status = wait_for_job(client, job_id, JOB_TIMEOUT_S)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, f"job {job_id} ended {status}:\n{logs[-6000:]}"

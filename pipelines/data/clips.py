@@ -23,6 +23,11 @@ Rows::
 
 Evaluation rows are one per temporal view (its spatial crops together); evaluation sums the
 probabilities of a video's views, wherever they land, before averaging.
+
+Torch and the transforms are imported inside the task functions, not here: every Ray Data split
+coordinator imports this module to unpickle the functions its plan names, and would otherwise pay
+for torch, torchvision and ``torch._dynamo`` (3.5 s of CPU on a small machine, twice per training
+run) to schedule tasks it never runs.
 """
 
 from __future__ import annotations
@@ -35,10 +40,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import ray
-import torch
 
 from aim_core.config import Config, DataConfig
-from aim_core.transforms import build_test_transform, build_train_transform
 from aim_core.video import (Keyframes, clip_indices, decode_frames, open_video_source,
                             probe_video)
 
@@ -100,6 +103,8 @@ def training_dataset(cfg: Config, videos: list[dict[str, Any]], clock: Any) -> r
 def _training_clips(batch: dict[str, np.ndarray], *, videos: VideoTable,
                     data: DataConfig, clip_len: int, image_size: int, clock: Any
                     ) -> Iterator[dict[str, np.ndarray]]:
+    from aim_core.transforms import build_train_transform
+
     epoch = ray.get(clock.get.remote())
     order = _epoch_order(len(videos), data.seed, epoch)
     transform = build_train_transform(data, image_size)
@@ -118,6 +123,8 @@ def augmented_clip(video: dict[str, Any], data: DataConfig, clip_len: int, trans
                epoch: int) -> tuple[np.ndarray, int, float, float] | None:
     """``(clip, label, decode CPU ms, augment CPU ms)``, or None for a file that became
     unreadable since the scan (logged, skipped)."""
+    import torch
+
     started = time.process_time()
     try:
         (frames,) = decode_views(video, data, clip_len, train=True, epoch=epoch)
@@ -141,6 +148,9 @@ def shard_training_dataset(cfg: Config, shards: ray.data.Dataset, clock: Any) ->
 
 def _augmented_shard_rows(batch: dict[str, np.ndarray], *, data: DataConfig, image_size: int,
                           clock: Any) -> dict[str, np.ndarray]:
+    import torch
+    from aim_core.transforms import build_train_transform
+
     epoch = ray.get(clock.get.remote())
     transform = build_train_transform(data, image_size)
     clips, times = [], []
@@ -172,6 +182,8 @@ def evaluation_dataset(cfg: Config, videos: list[dict[str, Any]]) -> ray.data.Da
 
 def _test_views(batch: dict[str, np.ndarray], *, data: DataConfig, clip_len: int,
                 image_size: int) -> Iterator[dict[str, np.ndarray]]:
+    from aim_core.transforms import build_test_transform
+
     transform = build_test_transform(data, image_size)
     rows = []
     for i, video_id in enumerate(batch["video_id"]):
@@ -196,6 +208,8 @@ def shard_evaluation_dataset(cfg: Config, shards: ray.data.Dataset) -> ray.data.
 
 def _cropped_shard_rows(batch: dict[str, np.ndarray], *, data: DataConfig, image_size: int
                         ) -> dict[str, np.ndarray]:
+    from aim_core.transforms import build_test_transform
+
     transform = build_test_transform(data, image_size)
     return _evaluation_rows([(str(v), int(label), int(view), transform(np.asarray(f)).numpy())
                              for v, label, view, f in zip(batch["video_id"], batch["label"],
