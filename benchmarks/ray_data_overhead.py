@@ -1,7 +1,8 @@
 """Ray Data's own CPU per training clip: moving a clip costs what, when making it costs nothing?
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/ray_data_overhead.py [--clips 640]
-[--videos-per-task 16,64] [--consumer-ms 0,50] [--epochs 4] [--json out.json]``
+[--videos-per-task 16,64] [--consumer-ms 0,50] [--epochs 4] [--no-store-check]
+[--json out.json]``
 
 The training path's shape without its work: a ``ray.data.range`` whose map tasks each yield
 ``videos_per_task`` ready uint8 clips (8x224x224x3, written into one array as the decode tasks'
@@ -11,7 +12,8 @@ batch, as a worker waiting on its GPU. Every CPU second the session's processes 
 split by process (the split coordinator, which runs the streaming executor; the task processes;
 the raylet; the rest), over whole epochs after the first, as measured and beyond the processes'
 idle rate. The loader benchmark's "Ray / plain" ratio is this overhead on top of the decoder's
-own cost.
+own cost. Last, one 16-clip block written into the object store, into memory the store has not
+used yet against memory it reuses: most of the task processes' share.
 """
 
 from __future__ import annotations
@@ -108,6 +110,27 @@ def measure(clips: int, per_task: int, consumer_ms: float, epochs: int) -> dict:
             "consumer_ms_per_clip": 1e3 * consumer_cpu / rows}
 
 
+def block_write_ms(store_mb: int, puts: int = 40) -> float:
+    """Median CPU ms of writing one 16-clip block (19 MB) into the object store of a cluster with
+    ``store_mb`` of it, each block released before the next: the store reuses released memory only
+    once it has used all of it, and until then every write faults in fresh pages."""
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+             object_store_memory=store_mb * 2**20)
+    try:
+        block = np.full((16, *CLIP_SHAPE), 7, np.uint8)
+        times = []
+        for _ in range(puts):
+            cpu = time.process_time()
+            ref = ray.put(block)
+            times.append(1e3 * (time.process_time() - cpu))
+            del ref
+    finally:
+        ray.shutdown()
+    return float(np.median(times[puts // 2:]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=640, help="clips per epoch")
@@ -115,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--consumer-ms", default="0,50",
                         help="sleep per batch of 8 (0: data-bound; 50: ~160 clips/s, GPU-paced)")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--no-store-check", action="store_true",
+                        help="skip timing block writes into fresh against reused store memory")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.clips < BATCH:
@@ -141,8 +166,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"consumer {c} ms: " + ", ".join(
                 f"{r['videos_per_task']} per task {r['ray_beyond_idle_ms'] / base['ray_beyond_idle_ms']:.2f}x"
                 for r in same[1:]) + f" the Ray CPU per clip of {base['videos_per_task']} per task")
+    store = {}
+    if not args.no_store_check:   # 40 blocks of 19 MB: never wrap 2 GB, wrap 256 MB three times
+        store = {"fresh_ms": block_write_ms(2048), "reused_ms": block_write_ms(256)}
+        print(f"writing a 16-clip block (19 MB) into the object store: {store['fresh_ms']:.1f} ms "
+              f"of CPU into memory the store has not used yet, {store['reused_ms']:.1f} ms into "
+              f"memory it reuses ({store['fresh_ms'] / store['reused_ms']:.1f}x; median of the "
+              f"last 20 of 40 writes, 2 GB and 256 MB stores)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "block_write": store}, indent=1))
 
 
 if __name__ == "__main__":

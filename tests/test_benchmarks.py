@@ -228,6 +228,8 @@ def test_the_ray_data_overhead_benchmark_splits_the_cpu_of_moving_free_clips_by_
     assert row["by_kind_ms"]["coordinator"] > 0 and row["by_kind_ms"]["task processes"] > 0
     assert row["ray_ms"] == pytest.approx(sum(row["by_kind_ms"].values()))
     assert "| 8 | data-bound |" in proc.stdout
+    writes = json.loads(out.read_text())["block_write"]
+    assert writes["fresh_ms"] > 0 and writes["reused_ms"] > 0 and "object store" in proc.stdout
 
 
 @pytest.mark.slow
