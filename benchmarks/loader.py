@@ -145,7 +145,8 @@ def no_op_loop(config: dict[str, Any]) -> None:
 class SessionCpu:
     """CPU seconds of every process of the Ray session, sampled every 0.1 s (a process that
     exits keeps its last sample), by process and by kind of process (its ``ray::`` name or
-    executable), as functions of time.
+    executable; a task process between tasks is ``ray::IDLE``, so it keeps the name of the last
+    task it was seen running), as functions of time.
 
     One sample reads many processes, which on a busy machine takes longer than its period, so
     each keeps when its reads began and ended: a window is measured from the last sample read
@@ -177,7 +178,9 @@ class SessionCpu:
                     process = psutil.Process(pid)
                     t = process.cpu_times()
                     self._last[pid] = t.user + t.system
-                    self.kinds[pid] = process_kind(process)
+                    kind = process_kind(process)
+                    if kind != "ray::IDLE" or pid not in self.kinds:   # a task process is
+                        self.kinds[pid] = kind                         # named by its last task
                 except psutil.Error:
                     pass
             self.samples.append((begun, time.time(), dict(self._last)))

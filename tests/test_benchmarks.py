@@ -219,7 +219,8 @@ def test_the_ray_data_overhead_benchmark_splits_the_cpu_of_moving_free_clips_by_
     out = tmp_path / "overhead.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "ray_data_overhead.py"), "--clips", "16",
-         "--videos-per-task", "8", "--consumer-ms", "0", "--epochs", "2", "--json", str(out)],
+         "--videos-per-task", "8", "--consumer-ms", "0", "--epochs", "2", "--no-store-check",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads(out.read_text())["rows"]
@@ -228,8 +229,7 @@ def test_the_ray_data_overhead_benchmark_splits_the_cpu_of_moving_free_clips_by_
     assert row["by_kind_ms"]["coordinator"] > 0 and row["by_kind_ms"]["task processes"] > 0
     assert row["ray_ms"] == pytest.approx(sum(row["by_kind_ms"].values()))
     assert "| 8 | data-bound |" in proc.stdout
-    writes = json.loads(out.read_text())["block_write"]
-    assert writes["fresh_ms"] > 0 and writes["reused_ms"] > 0 and "object store" in proc.stdout
+    assert json.loads(out.read_text())["block_write"] == {}      # two more clusters: not here
 
 
 @pytest.mark.slow
