@@ -30,4 +30,3 @@ def modules_after_importing(module: str) -> set[str]:
 @pytest.mark.parametrize("module", ["pipelines.data.clips", "pipelines.data.epochs"])
 def test_what_a_split_coordinator_unpickles_imports_no_deep_learning_stack(module):
     assert modules_after_importing(module) == set()
-
