@@ -10,7 +10,8 @@ stack does), read by one streaming-split consumer (``EveryRowOnce``'s split) in 
 either as fast as it can (data-bound, as ``benchmarks/loader.py`` runs) or paced by a sleep per
 batch, as a worker waiting on its GPU. Every CPU second the session's processes spend is then Ray's:
 split by process (the split coordinator, which runs the streaming executor; the task processes;
-the raylet; the rest), over whole epochs after the first, as measured and beyond the processes'
+the raylet; the rest: the loader benchmark's ``SessionCpu`` sampling), over whole epochs after the
+first, as measured and beyond the processes'
 idle rate. The loader benchmark's "Ray / plain" ratio is this overhead on top of the decoder's
 own cost. Last, one 16-clip block written into the object store, into memory the store has not
 used yet against memory it reuses: most of the task processes' share.
@@ -25,9 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.loader import SessionCpu  # noqa: E402
 
 CLIP_SHAPE = (8, 224, 224, 3)     # Kinetics-400 ViT-B/16 8x16, at the model's size
 BATCH = 8
@@ -43,27 +45,15 @@ def ready_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"frames": frames, "label": np.zeros(len(frames), np.int64)}
 
 
-def session_cpu(driver: psutil.Process) -> dict[int, tuple[str, float]]:
-    """CPU seconds of every process the driver's private cluster runs, with its kind."""
-    out = {}
-    for p in driver.children(recursive=True):
-        try:
-            t = p.cpu_times()
-            name = (p.cmdline() or ["?"])[0]
-        except psutil.Error:
-            continue
-        kind = ("coordinator" if "SplitCoordinator" in name else
-                "task processes" if name.startswith(("ray::IDLE", "ray::MapBatches")) else
-                "raylet" if name.endswith("/raylet") else "rest")
-        out[p.pid] = (kind, t.user + t.system)
+def group(kinds: dict[str, float]) -> dict[str, float]:
+    """The loader benchmark's CPU by kind of process, in this table's four groups."""
+    out: dict[str, float] = {}
+    for kind, cpu in kinds.items():
+        name = ("coordinator" if "SplitCoordinator" in kind else
+                "task processes" if kind.startswith(("ray::IDLE", "ray::MapBatches")) else
+                "raylet" if kind == "raylet" else "rest")
+        out[name] = out.get(name, 0.0) + cpu
     return out
-
-
-def by_kind(before: dict, after: dict) -> dict[str, float]:
-    kinds: dict[str, float] = {}
-    for pid, (kind, cpu) in after.items():
-        kinds[kind] = kinds.get(kind, 0.0) + cpu - before.get(pid, (kind, 0.0))[1]
-    return kinds
 
 
 def measure(clips: int, per_task: int, consumer_ms: float, epochs: int) -> dict:
@@ -73,32 +63,34 @@ def measure(clips: int, per_task: int, consumer_ms: float, epochs: int) -> dict:
 
     from pipelines.runtime import worker_pool_settings
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _system_config=worker_pool_settings(2))
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                       _system_config=worker_pool_settings(2))
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = ray.data.range(clips, override_num_blocks=max(1, clips // per_task)).map_batches(
             ready_clips, batch_size=per_task, num_cpus=1)
         (split,) = ds.streaming_split(1, equal=False)
-        driver = psutil.Process()
-        seconds, consumer_cpu, rows, start = 0.0, 0.0, 0, {}
-        for epoch in range(epochs):
-            if epoch == 1:
-                start = session_cpu(driver)
-            wall, cpu = time.perf_counter(), time.process_time()
-            n = 0
-            for batch in split.iter_batches(batch_size=BATCH, batch_format="numpy"):
-                n += len(batch["frames"])
-                time.sleep(consumer_ms / 1e3)
-            if epoch >= 1:
-                seconds += time.perf_counter() - wall
-                consumer_cpu += time.process_time() - cpu
-                rows += n
-        kinds = by_kind(start, session_cpu(driver))
-        time.sleep(2)
-        quiet = session_cpu(driver)
-        time.sleep(5)
-        idle = sum(by_kind(quiet, session_cpu(driver)).values()) / 5
+        seconds, consumer_cpu, rows, start = 0.0, 0.0, 0, 0.0
+        with SessionCpu(context.address_info["session_dir"]) as cpu:
+            for epoch in range(epochs):
+                wall, process = time.time(), time.process_time()
+                if epoch == 1:
+                    start = wall
+                n = 0
+                for batch in split.iter_batches(batch_size=BATCH, batch_format="numpy"):
+                    n += len(batch["frames"])
+                    time.sleep(consumer_ms / 1e3)
+                if epoch >= 1:
+                    seconds += time.time() - wall
+                    consumer_cpu += time.process_time() - process
+                    rows += n
+            end = time.time()
+            time.sleep(2)
+            quiet = time.time()
+            time.sleep(5)
+            idle_end = time.time()
+        kinds = group(cpu.by_kind(start, end))
+        idle = sum(cpu.by_kind(quiet, idle_end).values()) / (idle_end - quiet)
     finally:
         ray.shutdown()
     ray_ms = 1e3 * sum(kinds.values()) / rows
