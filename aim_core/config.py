@@ -208,10 +208,13 @@ class DataConfig:
     # Ray Data
     mode: Literal["stream", "parquet"] = "stream"
     shards_dir: str | None = None           # materialised Parquet shards (mode=parquet)
-    # Ray Data's cost is per task and block, whatever its size (the split coordinator alone spends
-    # ~35 ms of CPU per block; README, "The training data path"): 16 videos keep it to a few ms per
-    # clip; a training block is then 16 clips (~19 MB at 224^2).
+    # Ray Data's cost is per task and block, whatever its size (README, "Ray Data's own cost per
+    # clip"). Scan, ingest, prepare and evaluation tasks take this many videos (an evaluation task
+    # holds all their test views at once: 60-180 MB at 16 for 8x224^2 and 3x1 or 3x3 views) ...
     videos_per_task: int = 16
+    # ... training decode tasks as many as fill a block of this many MiB of model-sized clips (69
+    # 8x224^2 clips, 17 of 32 frames), at most an eighth of a worker's share of an epoch.
+    train_block_mb: int = 80
     decode_threads: int = 1
     prefetch_batches: int = 2               # batches a training worker keeps ready
 
@@ -237,6 +240,8 @@ class DataConfig:
                self.label_smoothing)
         _check(self.videos_per_task > 0, f"{path}.videos_per_task", "a positive integer",
                self.videos_per_task)
+        _check(0 < self.train_block_mb <= 1024, f"{path}.train_block_mb",
+               "an integer in [1, 1024] (MiB)", self.train_block_mb)
         _check(self.prefetch_batches >= 0, f"{path}.prefetch_batches", "an integer >= 0",
                self.prefetch_batches)
 

@@ -1,6 +1,6 @@
 """Loader benchmark: the training data path alone, raw against prepared, inside Ray Train workers.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/loader.py [--videos 24] [--seconds 10]
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/loader.py [--videos 24] [--copies 1] [--seconds 10]
 [--epochs 3] [--workers 1,2] [--storage raw,prepared] [--device cpu|cuda] [--step-ms 0[,1000]]
 [--fractions 1[,0.5]] [--json out.json]``
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -71,12 +72,17 @@ KINETICS_TRAIN_CLIPS = 240_000   # a Kinetics-400 epoch: one clip per training v
 # Data sets
 # ----------------------------------------------------------------------------------------------
 
-def make_raw(root: Path, videos: int, seconds: float) -> Path:
-    """``root/<class>/<id>.mp4``: x264 defaults, as most downloaded videos were made."""
+def make_raw(root: Path, videos: int, seconds: float, copies: int = 1) -> Path:
+    """``root/<class>/<id>.mp4``: x264 defaults, as most downloaded videos were made; each
+    generated video also saved ``copies - 1`` more times under other names (an epoch of the
+    size that fills training blocks, for a fraction of the encoding time: a copy costs what
+    the original costs to decode, prepare and augment)."""
     for i in range(videos):
         path = root / CLASSES[i % len(CLASSES)] / f"v{i:04d}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_x264_defaults(path, kinetics_like_frames(i, round(seconds * FPS)))
+        for k in range(1, copies):
+            shutil.copyfile(path, path.with_name(f"v{i:04d}-{k}.mp4"))
     return root
 
 
@@ -204,6 +210,8 @@ def process_kind(process: psutil.Process) -> str:
     cmdline = process.cmdline()
     if cmdline and cmdline[0].startswith("ray::"):
         return cmdline[0].split(".")[0]
+    if any(arg.endswith("default_worker.py") for arg in cmdline[:3]):
+        return "ray::IDLE"      # a worker not yet renamed: it has taken no task so far
     return name
 
 
@@ -216,6 +224,7 @@ def measure_ray(cfg: Config, out: Path, session_dir: str, step_s: float = 0.0,
     import ray.train
     import ray.train.torch
 
+    from pipelines.data.clips import training_clips_per_task
     from pipelines.data.training import EveryRowOnce, training_data
     from pipelines.resources import train_scaling
 
@@ -247,6 +256,7 @@ def measure_ray(cfg: Config, out: Path, session_dir: str, step_s: float = 0.0,
     idle_start, idle_end = max(i["start"] for i in idle), min(i["end"] for i in idle)
     train_idle = sum(i["cpu_s"] / (i["end"] - i["start"]) for i in idle)
     return {"epochs": epochs, "train_idle_cores": train_idle,
+            "clips_per_task": training_clips_per_task(cfg, data.train_clips),
             "ray_idle_cores": sum(cpu.by_kind(idle_start, idle_end).values()) /
             (idle_end - idle_start) - train_idle,
             "decode_ms": sum(r["decode_ms"] for r in steady) / clips,
@@ -327,16 +337,17 @@ def measure_plain(cfg: Config, epochs: int) -> float:
 # ----------------------------------------------------------------------------------------------
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| storage | bytes / video | workers | device step | clips/s | decode ms | "
-            "augment ms | training "
+    head = ("| storage | bytes / video | workers | clips a task | device step | clips/s | "
+            "decode ms | augment ms | training "
             "process ms | Ray's processes ms | plain loop ms | Ray / plain | Ray / in the tasks | "
             "idle cores: training, Ray | cores per GPU at "
             f"{TARGET_CLIPS_PER_S} clips/s |")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         tasks = r["decode_ms"] + r["augment_ms"]
         lines.append(
             f"| {r['storage']} | {r['bytes'] / 1e6:.2f} MB | {r['workers']} | "
+            f"{r['clips_per_task']} | "
             f"{'data-bound' if not r['step_ms'] else format(r['step_ms'], 'g') + ' ms'}"
             f"{'' if r['fraction'] == 1 else ', fraction ' + format(r['fraction'], 'g')} | "
             f"{r['clips_per_s']:.1f} | {r['decode_ms']:.1f} | {r['augment_ms']:.1f} | "
@@ -389,6 +400,9 @@ def _numbers(parser: argparse.ArgumentParser, name: str, text: str, low: float,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--copies", type=int, default=1,
+                        help="each video saved this many times under other names: epochs "
+                        "big enough for full training blocks (data.train_block_mb)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", default="1,2")
@@ -420,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     (session_dir,) = private_sessions()
     with tempfile.TemporaryDirectory(prefix="aim_loader_") as folder:
         work = Path(folder)
-        raw = make_raw(work / "raw", args.videos, args.seconds)
+        raw = make_raw(work / "raw", args.videos, args.seconds, args.copies)
         sets = {"raw (x264 defaults)": (raw, "folder", bytes_per_video(raw, (".mp4",)))}
         if "prepared" in chosen:
             prepared = work / "prepared"
@@ -446,14 +460,16 @@ def main(argv: list[str] | None = None) -> None:
                             step_ms / 1e3)
                         runs.append(run)
                         rows.append({"storage": storage, "bytes": size, "workers": workers,
-                                     "step_ms": step_ms, "fraction": fraction, **per_clip(run),
+                                     "step_ms": step_ms, "fraction": fraction,
+                                     "clips_per_task": run["clips_per_task"], **per_clip(run),
                                      "plain_ms": plain_ms})
                         kinds.append(f"- {name}: {by_kind(run)}")
                 if len(runs) > 1:
                     fits.append({"storage": storage, "workers": workers, "plain_ms": plain_ms,
                                  **split_costs(runs)})
     shutdown_ray()
-    print(f"{args.videos} videos of {args.seconds:g} s at 340x256, Kinetics-400 8x16 recipe "
+    print(f"{args.videos} videos" + (f" x {args.copies} copies" if args.copies > 1 else "")
+          + f" of {args.seconds:g} s at 340x256, Kinetics-400 8x16 recipe "
           f"(crop to 224, flip), {args.epochs} epochs (the first not counted), device "
           f"{args.device}, {os.cpu_count()} CPUs; {time.perf_counter() - started:.0f} s")
     print(format_table(rows))

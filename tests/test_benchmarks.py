@@ -14,7 +14,7 @@ import torch
 
 from aim_core.backbones import build_model
 from aim_core.config import BackboneConfig, ModelConfig
-from benchmarks.loader import SessionCpu, split_costs
+from benchmarks.loader import SessionCpu, process_kind, split_costs
 from benchmarks.memory import LiveTensorPeak, storage_bytes
 from benchmarks.official_math import official_forward, official_names, official_twin
 from benchmarks.step_profile import KINDS, profile_split
@@ -190,6 +190,24 @@ def test_the_loader_benchmark_counts_cpu_from_reads_wholly_outside_a_window(tmp_
     cpu.kinds = {7: "ray::MapBatches"}
     cpu.samples = [(0.0, 0.5, {7: 1.0}), (0.9, 1.4, {7: 2.0}), (1.5, 1.6, {7: 3.0})]
     assert cpu.by_kind(0.6, 1.2) == {"ray::MapBatches": 2.0}
+
+
+def test_a_ray_worker_seen_before_it_renames_itself_counts_as_a_task_process(tmp_path):
+    """Ray starts a worker as ``python -u .../default_worker.py``; it becomes ``ray::IDLE`` only
+    once running. Seen that early, it must not land among the other Python processes."""
+    import psutil
+
+    script = tmp_path / "default_worker.py"
+    script.write_text("import time\ntime.sleep(30)\n")
+    worker = subprocess.Popen([sys.executable, "-u", str(script), "--session-dir=x"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert process_kind(psutil.Process(worker.pid)) == "ray::IDLE"
+        assert process_kind(psutil.Process(other.pid)) != "ray::IDLE"
+    finally:
+        for p in (worker, other):
+            p.kill()
+            p.wait()
 
 
 @pytest.mark.slow

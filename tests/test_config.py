@@ -40,6 +40,7 @@ def test_round_trip_through_dict():
     ({"model": {"num_frames": "eight"}}, "model.num_frames", "integer"),
     ({"data": {"test_crops": 2}}, "data.test_crops", "1 or 3"),
     ({"data": {"sampler": "random"}}, "data.sampler", "dense"),
+    ({"data": {"train_block_mb": 0}}, "data.train_block_mb", "[1, 1024]"),
     ({"optim": {"lr": -1}}, "optim.lr", "positive"),
     ({"optim": {"warmup_epochs": 40, "epochs": 30}}, "optim.warmup_epochs", "[0, epochs=30)"),
     ({"model": {"drop_pth": 0.1}}, "model.drop_pth", "drop_path"),

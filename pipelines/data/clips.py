@@ -33,6 +33,7 @@ run) to schedule tasks it never runs.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from functools import lru_cache
@@ -89,13 +90,24 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 # Training
 # ----------------------------------------------------------------------------------------------
 
+def training_clips_per_task(cfg: Config, clips: int) -> int:
+    """Clips one training decode task makes, one block: as many as fill ``data.train_block_mb``
+    (Ray Data's CPU is per block, so its share per clip falls as blocks grow), but at most an
+    eighth of a worker's share of the epoch's ``clips``: the split hands whole blocks to whichever
+    worker asks, and a worker that ends its epoch early runs stand-in steps until the others end."""
+    m = cfg.model
+    clip_bytes = m.num_frames * m.image_size * m.image_size * 3
+    filling = max(1, cfg.data.train_block_mb * 2 ** 20 // clip_bytes)
+    return int(min(filling, max(1, math.ceil(clips / (8 * cfg.run.num_workers)))))
+
+
 def training_dataset(cfg: Config, videos: list[dict[str, Any]], clock: Any) -> ray.data.Dataset:
     """One augmented clip per readable video, every execution (epoch) a fresh sample."""
-    slots = ray.data.range(len(videos), override_num_blocks=blocks(len(videos),
-                                                                   cfg.data.videos_per_task))
+    per_task = training_clips_per_task(cfg, len(videos))
+    slots = ray.data.range(len(videos), override_num_blocks=blocks(len(videos), per_task))
     table = VideoTable(videos)   # every task gets it whole: as columns, mapped, not unpickled
     return slots.map_batches(
-        _training_clips, batch_size=cfg.data.videos_per_task, **decode_task_resources(cfg),
+        _training_clips, batch_size=per_task, **decode_task_resources(cfg),
         fn_kwargs={"videos": table, "data": cfg.data, "clip_len": cfg.model.num_frames,
                    "image_size": cfg.model.image_size, "clock": clock})
 
@@ -139,10 +151,12 @@ def augmented_clip(video: dict[str, Any], data: DataConfig, clip_len: int, trans
                                                                           decoded)
 
 
-def shard_training_dataset(cfg: Config, shards: ray.data.Dataset, clock: Any) -> ray.data.Dataset:
+def shard_training_dataset(cfg: Config, shards: ray.data.Dataset, clips: int, clock: Any
+                           ) -> ray.data.Dataset:
     """Stored clips (parquet mode), augmented afresh every epoch, shards in a new order."""
     return shards.randomize_block_order().map_batches(
-        _augmented_shard_rows, batch_size=cfg.data.videos_per_task, **decode_task_resources(cfg),
+        _augmented_shard_rows, batch_size=training_clips_per_task(cfg, clips),
+        **decode_task_resources(cfg),
         fn_kwargs={"data": cfg.data, "image_size": cfg.model.image_size, "clock": clock})
 
 

@@ -96,8 +96,10 @@ def _from_shards(cfg: Config, clock: Any) -> TrainingData:
     stored = {split: shards.read_shards(folder) for split, folder in folders.items()}
     class_map = shards.load_class_map(out)
     plans = {split: shards.read_plan(folder) for split, folder in folders.items()}
-    return TrainingData({"train": clips.shard_training_dataset(cfg, stored["train"], clock),
+    train_clips = reports["train"].clips or 0
+    return TrainingData({"train": clips.shard_training_dataset(cfg, stored["train"], train_clips,
+                                                               clock),
                          "val": clips.shard_evaluation_dataset(cfg, stored["val"])}, clock,
-                        class_map.names, reports["train"].clips or 0, [],
+                        class_map.names, train_clips, [],
                         {split: r.to_dict() for split, r in reports.items()},
                         shards_identity(cfg, class_map.names, plans))
