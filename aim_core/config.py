@@ -213,7 +213,8 @@ class DataConfig:
     # holds all their test views at once: 60-180 MB at 16 for 8x224^2 and 3x1 or 3x3 views) ...
     videos_per_task: int = 16
     # ... training decode tasks as many as fill a block of this many MiB of model-sized clips (69
-    # 8x224^2 clips, 17 of 32 frames), at most an eighth of a worker's share of an epoch.
+    # 8x224^2 clips, 17 of 32 frames), but beyond videos_per_task at most an eighth of a
+    # worker's share of an epoch.
     train_block_mb: int = 80
     decode_threads: int = 1
     prefetch_batches: int = 2               # batches a training worker keeps ready

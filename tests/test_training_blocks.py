@@ -20,8 +20,9 @@ def test_a_task_fills_a_block_of_the_configured_size_with_model_sized_clips():
     assert training_clips_per_task(recipe(frames=32, size=336, train_block_mb=1), 240_000) == 1
 
 
-def test_small_epochs_leave_each_worker_at_least_eight_blocks():
-    assert training_clips_per_task(recipe(workers=2), 100) == 7              # ceil(100 / 16)
-    assert training_clips_per_task(recipe(workers=1), 100) == 13
+def test_a_worker_gets_at_least_eight_blocks_an_epoch_unless_tasks_would_fall_below_the_floor():
+    assert training_clips_per_task(recipe(workers=2), 1000) == 63            # ceil(1000 / 16)
     assert training_clips_per_task(recipe(workers=8), 8 * 8 * 69) == 69
-    assert training_clips_per_task(recipe(workers=4), 3) == 1
+    # small epochs: data.videos_per_task, as scan and evaluation tasks
+    assert training_clips_per_task(recipe(workers=2), 100) == 16
+    assert training_clips_per_task(recipe(workers=4, videos_per_task=4), 3) == 4

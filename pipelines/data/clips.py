@@ -92,13 +92,15 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 def training_clips_per_task(cfg: Config, clips: int) -> int:
     """Clips one training decode task makes, one block: as many as fill ``data.train_block_mb``
-    (Ray Data's CPU is per block, so its share per clip falls as blocks grow), but at most an
-    eighth of a worker's share of the epoch's ``clips``: the split hands whole blocks to whichever
-    worker asks, and a worker that ends its epoch early runs stand-in steps until the others end."""
+    (Ray Data's CPU is per block, so its share per clip falls as blocks grow), but no more than an
+    eighth of a worker's share of the epoch's ``clips`` where that exceeds
+    ``data.videos_per_task``: the split hands whole blocks to whichever worker asks, and a worker
+    that ends its epoch early runs stand-in steps until the others end."""
     m = cfg.model
     clip_bytes = m.num_frames * m.image_size * m.image_size * 3
     filling = max(1, cfg.data.train_block_mb * 2 ** 20 // clip_bytes)
-    return int(min(filling, max(1, math.ceil(clips / (8 * cfg.run.num_workers)))))
+    balanced = max(cfg.data.videos_per_task, math.ceil(clips / (8 * cfg.run.num_workers)))
+    return int(min(filling, balanced))
 
 
 def training_dataset(cfg: Config, videos: list[dict[str, Any]], clock: Any) -> ray.data.Dataset:
