@@ -11,9 +11,10 @@ device (:func:`aim_core.transforms.to_model_input`).
 What changes between epochs comes from the epoch clock (:mod:`pipelines.data.epochs`): rank 0
 sets the epoch before the epoch's first batch is asked for, and a split's execution starts only
 when every worker has asked, so every task of an epoch reads the same number. With it, a video's
-temporal sample (stream mode), its augmentation, and the grouping of videos into tasks are
-functions of ``(data.seed, epoch, video_id)``: an epoch is reproducible whatever the number of
-workers or tasks; which worker gets a video is not (the split hands blocks out as workers ask).
+temporal sample (stream mode) and its augmentation are functions of ``(data.seed, epoch,
+video_id)``, and the order the tasks take the videos in of ``(data.seed, epoch)``: an epoch's clips
+are reproducible whatever the number of workers or tasks (:func:`training_clips_per_task` sizes
+the tasks); which worker gets a video is not (the split hands blocks out as workers ask).
 
 Rows::
 
