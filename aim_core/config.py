@@ -241,8 +241,8 @@ class DataConfig:
                self.label_smoothing)
         _check(self.videos_per_task > 0, f"{path}.videos_per_task", "a positive integer",
                self.videos_per_task)
-        _check(0 < self.train_block_mb <= 1024, f"{path}.train_block_mb",
-               "an integer in [1, 1024] (MiB)", self.train_block_mb)
+        _check(0 < self.train_block_mb <= 128, f"{path}.train_block_mb",
+               "an integer in [1, 128] (MiB: Ray Data splits bigger blocks)", self.train_block_mb)
         _check(self.prefetch_batches >= 0, f"{path}.prefetch_batches", "an integer >= 0",
                self.prefetch_batches)
 

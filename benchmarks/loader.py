@@ -401,8 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--copies", type=int, default=1,
-                        help="each video saved this many times under other names: epochs "
-                        "big enough for full training blocks (data.train_block_mb)")
+                        help="each video saved this many times in all, under other names: "
+                        "epochs big enough for full training blocks (data.train_block_mb)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", default="1,2")
@@ -420,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     steps = _numbers(parser, "--step-ms", args.step_ms, 0)
     fractions = _numbers(parser, "--fractions", args.fractions, 0.01, 1)
+    if args.videos < 1 or args.copies < 1:
+        parser.error(f"--videos and --copies: expected positive integers, got {args.videos} and "
+                     f"{args.copies}")
     chosen = {name.strip() for name in args.storage.split(",")}
     if not chosen or not chosen <= {"raw", "prepared"}:
         parser.error(f"--storage: expected raw, prepared or both, got {args.storage!r}")

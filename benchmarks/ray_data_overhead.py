@@ -4,8 +4,9 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/ray_data_overhead.py [--clips 64
 [--videos-per-task 16,64] [--consumer-ms 0,50] [--epochs 4] [--no-store-check]
 [--json out.json]``
 
-The training path's shape without its work: a ``ray.data.range`` whose map tasks each yield
-``videos_per_task`` ready uint8 clips (8x224x224x3, written into one array as the decode tasks'
+The training path's shape without its work: the training dataset's slot blocks
+(:func:`pipelines.data.clips.slot_blocks`), whose map tasks each yield ``videos_per_task`` ready
+uint8 clips (8x224x224x3, written into one array as the decode tasks'
 stack does), read by one streaming-split consumer (``EveryRowOnce``'s split) in batches of 8,
 either as fast as it can (data-bound, as ``benchmarks/loader.py`` runs) or paced by a sleep per
 batch, as a worker waiting on its GPU. Every CPU second the session's processes spend is then Ray's:
@@ -39,7 +40,7 @@ def ready_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A decode task whose decoding is free: one clip-sized copy per video, as the transform's
     output is copied into the block."""
     clip = np.full(CLIP_SHAPE, 7, np.uint8)
-    frames = np.empty((len(batch["id"]), *CLIP_SHAPE), np.uint8)
+    frames = np.empty((len(batch["slot"]), *CLIP_SHAPE), np.uint8)
     for i in range(len(frames)):
         frames[i] = clip
     return {"frames": frames, "label": np.zeros(len(frames), np.int64)}
@@ -61,14 +62,14 @@ def measure(clips: int, per_task: int, consumer_ms: float, epochs: int) -> dict:
     import ray
     import ray.data
 
+    from pipelines.data.clips import slot_blocks
     from pipelines.runtime import worker_pool_settings
 
     context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                        _system_config=worker_pool_settings(2))
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = ray.data.range(clips, override_num_blocks=max(1, clips // per_task)).map_batches(
-            ready_clips, batch_size=per_task, num_cpus=1)
+        ds = slot_blocks(clips, per_task).map_batches(ready_clips, batch_size=None, num_cpus=1)
         (split,) = ds.streaming_split(1, equal=False)
         seconds, consumer_cpu, rows, start = 0.0, 0.0, 0, 0.0
         with SessionCpu(context.address_info["session_dir"]) as cpu:

@@ -96,6 +96,18 @@ def test_each_readable_video_once_per_epoch_across_two_workers_with_a_new_clip_e
     assert all(np.array_equal(one[k], again[k]) for k in one)
 
 
+def test_a_training_decode_task_makes_one_block_and_the_blocks_are_near_equal(videos):
+    """11 videos at 3 a task: 4 tasks of 3, 3, 3 and 2 clips (``ray.data.range``'s blocks of
+    11 // 4 = 2 rows, bundled up to a batch of 3, made tasks and blocks of 4, 4 and 3)."""
+    cfg = make_cfg(videos)
+    scanned = read_videos(cfg, "train")[0][:11]
+    clock = EpochClock.remote()
+    ray.get(clock.set.remote(1))
+    ds = clips.training_dataset(cfg, scanned, clock)
+    blocks = [len(b["video"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    assert sorted(blocks) == [2, 3, 3, 3]
+
+
 def still_video(path: Path) -> Path:
     """16 identical frames with a white block at the top left: flicker or a flip would show."""
     frame = np.full((32, 32, 3), 90, np.uint8)

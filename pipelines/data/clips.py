@@ -41,6 +41,7 @@ from functools import lru_cache
 from typing import Any, Iterator
 
 import numpy as np
+import pyarrow as pa
 import ray
 
 from aim_core.config import Config, DataConfig
@@ -104,13 +105,22 @@ def training_clips_per_task(cfg: Config, clips: int) -> int:
     return int(min(filling, balanced))
 
 
+def slot_blocks(n: int, per_task: int) -> ray.data.Dataset:
+    """Slots ``0..n-1`` (column ``slot``) in blocks of near-equal size, at most ``per_task``
+    each, for ``map_batches(batch_size=None)``: each block is taken whole by one task, whose
+    output is one block. A batch size that does not divide Ray's own blocks (``ray.data.range``
+    makes ``n // k`` rows each) makes it bundle two blocks into each task: half the tasks, each
+    twice the size."""
+    return ray.data.from_arrow([pa.table({"slot": chunk}) for chunk in
+                                np.array_split(np.arange(n), blocks(n, per_task))])
+
+
 def training_dataset(cfg: Config, videos: list[dict[str, Any]], clock: Any) -> ray.data.Dataset:
     """One augmented clip per readable video, every execution (epoch) a fresh sample."""
-    per_task = training_clips_per_task(cfg, len(videos))
-    slots = ray.data.range(len(videos), override_num_blocks=blocks(len(videos), per_task))
+    slots = slot_blocks(len(videos), training_clips_per_task(cfg, len(videos)))
     table = VideoTable(videos)   # every task gets it whole: as columns, mapped, not unpickled
     return slots.map_batches(
-        _training_clips, batch_size=per_task, **decode_task_resources(cfg),
+        _training_clips, batch_size=None, **decode_task_resources(cfg),
         fn_kwargs={"videos": table, "data": cfg.data, "clip_len": cfg.model.num_frames,
                    "image_size": cfg.model.image_size, "clock": clock})
 
@@ -123,7 +133,7 @@ def _training_clips(batch: dict[str, np.ndarray], *, videos: VideoTable,
     epoch = ray.get(clock.get.remote())
     order = _epoch_order(len(videos), data.seed, epoch)
     transform = build_train_transform(data, image_size)
-    picked = [int(order[slot]) for slot in batch["id"]]
+    picked = [int(order[slot]) for slot in batch["slot"]]
     rows = [(i, augmented_clip(videos[i], data, clip_len, transform, epoch)) for i in picked]
     rows = [(i, r) for i, r in rows if r is not None]
     if rows:  # a generator may yield nothing: no empty batch with a made-up frame shape
@@ -156,10 +166,12 @@ def augmented_clip(video: dict[str, Any], data: DataConfig, clip_len: int, trans
 
 def shard_training_dataset(cfg: Config, shards: ray.data.Dataset, clips: int, clock: Any
                            ) -> ray.data.Dataset:
-    """Stored clips (parquet mode), augmented afresh every epoch, shards in a new order."""
+    """Stored clips (parquet mode), augmented afresh every epoch, shards in a new order; a task
+    takes as many whole shards (``data.videos_per_task`` clips each) as its block holds."""
+    shard = cfg.data.videos_per_task
     return shards.randomize_block_order().map_batches(
-        _augmented_shard_rows, batch_size=training_clips_per_task(cfg, clips),
-        **decode_task_resources(cfg),
+        _augmented_shard_rows, batch_size=max(1, training_clips_per_task(cfg, clips) // shard)
+        * shard, **decode_task_resources(cfg),
         fn_kwargs={"data": cfg.data, "image_size": cfg.model.image_size, "clock": clock})
 
 
