@@ -185,8 +185,8 @@ class SessionCpu:
                     t = process.cpu_times()
                     self._last[pid] = t.user + t.system
                     kind = process_kind(process)
-                    if kind != "ray::IDLE" or pid not in self.kinds:   # a task process is
-                        self.kinds[pid] = kind                         # named by its last task
+                    if kind != "ray::IDLE" or not self.kinds.get(pid, "").startswith("ray::"):
+                        self.kinds[pid] = kind     # a task process is named by its last task
                 except psutil.Error:
                     pass
             self.samples.append((begun, time.time(), dict(self._last)))
