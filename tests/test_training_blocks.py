@@ -1,5 +1,5 @@
 """How many clips a training decode task makes: Ray Data's CPU is paid per block, so a block is
-filled to ``data.train_block_mb``, yet each worker still gets several blocks an epoch."""
+filled to ``data.train_block_mb``, yet the workers' shares of an epoch stay many blocks each."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_a_task_fills_a_block_of_the_configured_size_with_model_sized_clips():
     assert training_clips_per_task(recipe(frames=32, size=336, train_block_mb=1), 240_000) == 1
 
 
-def test_a_worker_gets_at_least_eight_blocks_an_epoch_unless_tasks_would_fall_below_the_floor():
+def test_a_task_holds_at_most_an_eighth_of_a_workers_share_but_no_fewer_than_the_floor():
     assert training_clips_per_task(recipe(workers=2), 1000) == 63            # ceil(1000 / 16)
     assert training_clips_per_task(recipe(workers=8), 8 * 8 * 69) == 69
     # small epochs: data.videos_per_task, as scan and evaluation tasks
