@@ -6,16 +6,15 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/ray_data_overhead.py [--clips 64
 
 The training path's shape without its work: the training dataset's slot blocks
 (:func:`pipelines.data.clips.slot_blocks`), whose map tasks each yield ``videos_per_task`` ready
-uint8 clips (8x224x224x3, written into one array as the decode tasks'
-stack does), read by one streaming-split consumer (``EveryRowOnce``'s split) in batches of 8,
-either as fast as it can (data-bound, as ``benchmarks/loader.py`` runs) or paced by a sleep per
-batch, as a worker waiting on its GPU. Every CPU second the session's processes spend is then Ray's:
-split by process (the split coordinator, which runs the streaming executor; the task processes;
-the raylet; the rest: the loader benchmark's ``SessionCpu`` sampling), over whole epochs after the
-first, as measured and beyond the processes'
-idle rate. The loader benchmark's "Ray / plain" ratio is this overhead on top of the decoder's
-own cost. Last, one 16-clip block written into the object store, into memory the store has not
-used yet against memory it reuses: most of the task processes' share.
+uint8 clips (8x224x224x3, written into one array as the decode tasks' stack does), read by one
+streaming-split consumer (``EveryRowOnce``'s split) in batches of 8, either as fast as it can
+(data-bound, as ``benchmarks/loader.py`` runs) or paced by a sleep per batch, as a worker waiting
+on its GPU. Every CPU second the session's processes spend is then Ray's: split by process (the
+split coordinator, which runs the streaming executor; the task processes; the raylet; the rest: the
+loader benchmark's ``SessionCpu`` sampling), over whole epochs after the first, as measured and
+beyond the processes' idle rate. The loader benchmark's "Ray / plain" ratio is this overhead on top
+of the decoder's own cost. Last, one 16-clip block written into the object store, into memory the
+store has not used yet against memory it reuses: most of the task processes' share.
 """
 
 from __future__ import annotations
