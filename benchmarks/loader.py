@@ -185,7 +185,9 @@ class SessionCpu:
                     t = process.cpu_times()
                     self._last[pid] = t.user + t.system
                     kind = process_kind(process)
-                    if kind != "ray::IDLE" or not self.kinds.get(pid, "").startswith("ray::"):
+                    if kind is None:               # exiting: keep the name it had while alive
+                        self.kinds.setdefault(pid, process.name())
+                    elif kind != "ray::IDLE" or not self.kinds.get(pid, "").startswith("ray::"):
                         self.kinds[pid] = kind     # a task process is named by its last task
                 except psutil.Error:
                     pass
@@ -203,16 +205,18 @@ class SessionCpu:
         return kinds
 
 
-def process_kind(process: psutil.Process) -> str:
+def process_kind(process: psutil.Process) -> str | None:
     """A Ray worker's task or actor (``ray::MapBatches(...)``, ``ray::SplitCoordinator``; an
-    idle worker's name changes as it takes tasks), else the executable's name."""
-    name = process.name()
+    idle worker's name changes as it takes tasks), else the executable's name; None for a
+    process with no command line (a zombie), whose name is cut to 15 characters."""
     cmdline = process.cmdline()
-    if cmdline and cmdline[0].startswith("ray::"):
+    if not cmdline:
+        return None
+    if cmdline[0].startswith("ray::"):
         return cmdline[0].split(".")[0]
     if any(arg.endswith("default_worker.py") for arg in cmdline[:3]):
         return "ray::IDLE"      # a worker not yet renamed: it has taken no task so far
-    return name
+    return process.name()
 
 
 def measure_ray(cfg: Config, out: Path, session_dir: str, step_s: float = 0.0,
