@@ -425,10 +425,8 @@ class Config:
     @classmethod
     def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "Config":
         """Read a YAML file (with its ``_base_`` files), set the dotted-key ``overrides``, validate."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        return cls.from_dict(set_dotted(_read_with_bases(path, seen=()), overrides or {}, cls))
+        return cls.from_dict(set_dotted(_read_with_bases(Path(path), seen=()), overrides or {},
+                                        cls))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
         """A validated copy with dotted-key values set, e.g. ``{"optim.lr": 1e-3}``.
@@ -456,8 +454,14 @@ class _StrictLoader(yaml.SafeLoader):
 
 def read_yaml(path: str | Path) -> Any:
     """The YAML document in ``path``; every way it can be unusable is a one-line ConfigError that
-    names the file (and the line): missing, unreadable, not UTF-8, empty, bad syntax, a key twice."""
+    names the file (and the line): missing, a folder, unreadable, not UTF-8, empty, bad syntax, a
+    key twice."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.yaml"))
+        raise ConfigError(f"{path}: a folder, not a YAML file" + (
+            f" (its YAML files: {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})"
+            if inside else ""))
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -55,8 +55,16 @@ def test_bad_values_name_the_field_and_what_is_allowed(data, field, allowed):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         Config.load(tmp_path / "nope.yaml")
+
+
+def test_a_folder_given_as_the_config_is_named_with_the_files_in_it(tmp_path):
+    (tmp_path / "k400.yaml").write_text("model: {num_classes: 400}\n")
+    (tmp_path / "ssv2.yaml").write_text("model: {num_classes: 174}\n")
+    with pytest.raises(ConfigError, match=r"a folder, not a YAML file \(its YAML files: "
+                                          r"k400.yaml, ssv2.yaml\)"):
+        Config.load(tmp_path)
 
 
 def test_overrides_reject_unknown_fields_instead_of_creating_sections():
