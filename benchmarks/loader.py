@@ -208,7 +208,8 @@ class SessionCpu:
 def process_kind(process: psutil.Process) -> str | None:
     """A Ray worker's task or actor (``ray::MapBatches(...)``, ``ray::SplitCoordinator``; an
     idle worker's name changes as it takes tasks), else the executable's name; None for a
-    process with no command line (a zombie), whose name is cut to 15 characters."""
+    process with no command line (one exiting, or a kernel thread): its name is cut to 15
+    characters."""
     cmdline = process.cmdline()
     if not cmdline:
         return None
