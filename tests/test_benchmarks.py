@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -195,8 +196,6 @@ def test_the_loader_benchmark_counts_cpu_from_reads_wholly_outside_a_window(tmp_
 def test_a_ray_worker_seen_before_it_renames_itself_counts_as_a_task_process(tmp_path):
     """Ray starts a worker as ``python -u .../default_worker.py``; it becomes ``ray::IDLE`` only
     once running. Seen that early, it must not land among the other Python processes."""
-    import psutil
-
     script = tmp_path / "default_worker.py"
     script.write_text("import time\ntime.sleep(30)\n")
     worker = subprocess.Popen([sys.executable, "-u", str(script), "--session-dir=x"])
@@ -213,8 +212,6 @@ def test_a_ray_worker_seen_before_it_renames_itself_counts_as_a_task_process(tmp
 def test_a_process_without_a_command_line_gets_no_kind_of_its_own():
     """An exiting worker's command line is empty for a moment and its name is cut to 15
     characters (``ray::RayTrainWo``); it keeps the kind it had. Kernel threads look the same."""
-    import psutil
-
     bare = next((p for p in psutil.process_iter() if _no_cmdline(p)), None)
     if bare is None:
         pytest.skip("no process without a command line is visible here")
@@ -222,8 +219,6 @@ def test_a_process_without_a_command_line_gets_no_kind_of_its_own():
 
 
 def _no_cmdline(process) -> bool:
-    import psutil
-
     try:
         return process.cmdline() == []
     except psutil.Error:
